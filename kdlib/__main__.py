@@ -1,0 +1,3 @@
+from kdlib.cli import main
+
+raise SystemExit(main())
