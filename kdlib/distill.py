@@ -1,0 +1,623 @@
+"""The training loop of the course: supervised training and distillation in one place.
+
+The seed workflow, as :class:`Distiller` runs it::
+
+    1. train the teacher               train_supervised(teacher, ...)
+    2. freeze the teacher              freeze(teacher): eval mode, no gradients, stays in eval
+    3. for each batch:
+         teacher produces soft labels  with torch.no_grad(): z_T = teacher(x)
+         student predicts              z_S = student(x)
+         compute distillation loss     kd_loss(z_S, z_T, y, temperature, alpha) (+ extra terms)
+         update student                loss.backward(); optimizer.step()
+
+Helpers: :func:`pick_device` (CUDA, then MPS, then CPU), :func:`seed_everything`,
+:func:`freeze`, :func:`evaluate`. Extra loss terms (feature, relation, ...) plug in through
+``terms=``: any callable ``term(batch) -> scalar tensor`` with a ``weight`` attribute, and
+optional ``student_features`` / ``teacher_features`` lists of module names to tap (see
+``kdlib.features``). A term that is an ``nn.Module`` with parameters (a FitNets adapter, say)
+is moved to the device and trained with the student.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from kdlib.features import FeatureTaps
+from kdlib.losses import IGNORE_INDEX, KDLossParts, kd_loss
+
+__all__ = [
+    "pick_device",
+    "seed_everything",
+    "freeze",
+    "is_frozen",
+    "evaluate",
+    "Batch",
+    "Distiller",
+    "train_supervised",
+]
+
+
+def pick_device(prefer: str | torch.device | None = "auto") -> torch.device:
+    """The device to run on: ``"auto"`` picks CUDA, then Apple's MPS, then the CPU.
+
+    Any other value (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) is taken as given, after a
+    check that it is available here.
+    """
+    if prefer is None or str(prefer) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(prefer)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available on this machine")
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise ValueError("device 'mps' was asked for but MPS is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (all devices); returns a CPU generator with that seed.
+
+    On the CPU, the same seed then gives the same numbers on every run. cuDNN is set to
+    deterministic algorithms; some CUDA kernels stay non-deterministic unless
+    ``torch.use_deterministic_algorithms(True)`` is also set (slower), which this does not do.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    return torch.Generator().manual_seed(seed)
+
+
+def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    """Replacement for ``Module.train`` on a frozen model: a parent's ``.train()`` is ignored."""
+    return self
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Freeze a teacher: eval mode, ``requires_grad=False``, and kept in eval mode for good.
+
+    Its BatchNorm statistics and dropout stay fixed even if a parent module calls ``.train()``
+    (this module's ``train`` becomes a no-op). Returns the same model.
+    """
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in model.modules():
+        module.train = _stay_in_eval.__get__(module)
+    model._kdlib_frozen = True
+    return model
+
+
+def is_frozen(model: nn.Module) -> bool:
+    """True when every parameter is frozen and the model is in eval mode."""
+    return (not model.training) and not any(p.requires_grad for p in model.parameters())
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _batches(data, batch_size: int = 512):
+    """Accept a loader (yielding tuples) or a ``Split``/``(x, y)`` pair; yield ``(x, y)``."""
+    if hasattr(data, "x") and hasattr(data, "y"):
+        data = data.loader(batch_size=batch_size)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        x, y = data
+        data = [
+            (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)
+        ]
+    for batch in data:
+        yield batch[0], batch[1]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, device: torch.device | None = None) -> dict:
+    """Accuracy and mean cross-entropy (tau = 1) of ``model`` on ``data``.
+
+    ``data``: a loader yielding ``(x, y[, index])``, a ``kdlib.data.Split`` or an ``(x, y)``
+    pair. Samples labelled -1 are skipped. Puts the model in eval mode and restores its mode.
+    """
+    device = device or _device_of(model)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device)
+    count = 0
+    for x, y in _batches(data):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        keep = y != IGNORE_INDEX
+        logits = model(x).float()[keep]
+        y = y[keep]
+        loss += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+    model.train(was_training)
+    count = max(count, 1)
+    return {"loss": loss.item() / count, "accuracy": correct.item() / count}
+
+
+@dataclass
+class Batch:
+    """What an extra loss term sees at each step.
+
+    ``inputs`` ``(B, ...)``, ``labels`` ``(B,)`` (-1 = unlabelled), ``index`` ``(B,)`` or None,
+    ``student_logits`` / ``teacher_logits`` ``(B, C)`` (teacher: None without a teacher,
+    detached otherwise), and the tapped features by module name (teacher's detached).
+    """
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor | None
+    student_logits: torch.Tensor
+    teacher_logits: torch.Tensor | None
+    student_features: dict = field(default_factory=dict)
+    teacher_features: dict = field(default_factory=dict)
+
+
+def _term_name(term, k: int) -> str:
+    return getattr(term, "name", None) or f"{type(term).__name__.lower()}{k}"
+
+
+def _is_random_loader(loader) -> bool:
+    if getattr(loader, "transform", None) is not None:
+        return True
+    dataset = getattr(loader, "dataset", None)
+    return getattr(dataset, "transform", None) is not None
+
+
+class Distiller:
+    """Train ``student`` from ``teacher`` (and the labels) with KD and optional extra terms.
+
+    Args:
+        student: the model being trained.
+        teacher: a trained model, frozen here (see :func:`freeze`); a list of teachers needs
+            ``combine_teachers``; ``None`` trains the student on the labels alone (the
+            baseline), with the same loop.
+        temperature, alpha: of :func:`kdlib.losses.kd_loss`; **alpha weights the hard
+            cross-entropy term**, ``1 - alpha`` the soft KL term.
+        loss: replaces ``kd_loss``: ``loss(student_logits, teacher_logits, labels)`` returning
+            a scalar or ``KDLossParts``. Without a teacher, ``teacher_logits`` is ``None``.
+        terms: extra loss terms (see the module docstring), added as ``term.weight * term(b)``.
+        combine_teachers: for a list of teachers, ``combine(list of (B, C) logits) -> (B, C)``
+            logits used as the teacher's (see ``kdlib.multi_teacher``).
+        optimizer: an optimizer over the student's (and the terms') parameters, or a factory
+            ``params -> optimizer``; default ``Adam(lr, weight_decay)``.
+        lr_schedule: optional factory ``optimizer -> scheduler``, stepped once per epoch.
+        device: where to train; default :func:`pick_device`. Models, terms and batches are
+            moved there.
+        amp: bf16 autocast for the forward passes on CUDA (losses stay float32); ignored on
+            other devices.
+        channels_last: channels-last memory format for 4-d inputs and conv models on CUDA;
+            ignored on other devices.
+        cache_teacher: compute the teacher's logits once per training sample and reuse them
+            every epoch. Needs a loader that yields ``(x, y, index)`` and has no random
+            transform (else the cached logits would belong to other inputs): refused
+            otherwise.
+        label_smoothing: for the hard term when there is no teacher.
+        progress: show a tqdm progress bar (``KDLIB_PROGRESS=0`` turns bars off everywhere).
+
+    After :meth:`fit`, ``history`` holds one dict per epoch: ``epoch``, ``train_loss`` (and
+    ``train_hard``, ``train_soft``, one entry per term), ``val_loss``, ``val_accuracy``,
+    ``seconds``.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | Sequence[nn.Module] | None = None,
+        *,
+        temperature: float = 4.0,
+        alpha: float = 0.7,
+        loss: Callable | None = None,
+        terms: Iterable = (),
+        combine_teachers: Callable | None = None,
+        optimizer=None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_schedule: Callable | None = None,
+        device: str | torch.device | None = None,
+        amp: bool = False,
+        channels_last: bool = False,
+        cache_teacher: bool = False,
+        label_smoothing: float = 0.0,
+        progress: bool = True,
+    ):
+        self.device = pick_device(device if device is not None else "auto")
+        self.use_amp = bool(amp) and self.device.type == "cuda"
+        self.channels_last = bool(channels_last) and self.device.type == "cuda"
+        self.student = student.to(self.device)
+        if self.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
+
+        if teacher is None:
+            self.teachers = []
+        elif isinstance(teacher, nn.Module):
+            self.teachers = [teacher]
+        else:
+            self.teachers = list(teacher)
+        if len(self.teachers) > 1 and combine_teachers is None:
+            raise ValueError(
+                f"{len(self.teachers)} teachers were given: pass combine_teachers (e.g. "
+                f"kdlib.multi_teacher.average_logits) to say how to combine them"
+            )
+        for t in self.teachers:
+            t.to(self.device)
+            if self.channels_last:
+                t.to(memory_format=torch.channels_last)
+            freeze(t)
+        self.combine_teachers = combine_teachers
+
+        if loss is None:
+            if self.teachers:
+                loss = partial(kd_loss, temperature=temperature, alpha=alpha, return_parts=True)
+            else:
+                loss = partial(_supervised_loss, label_smoothing=label_smoothing)
+        self.loss = loss
+        self.temperature, self.alpha = temperature, alpha
+
+        self.terms = list(terms)
+        for term in self.terms:
+            if not hasattr(term, "weight"):
+                raise ValueError(f"term {term!r} has no 'weight' attribute")
+            if isinstance(term, nn.Module):
+                term.to(self.device)
+        self.student_feature_names = sorted(
+            {n for t in self.terms for n in getattr(t, "student_features", ())}
+        )
+        self.teacher_feature_names = sorted(
+            {n for t in self.terms for n in getattr(t, "teacher_features", ())}
+        )
+        if self.teacher_feature_names and len(self.teachers) != 1:
+            raise ValueError("terms that tap teacher features need exactly one teacher")
+
+        self.cache_teacher = bool(cache_teacher)
+        if self.cache_teacher and not self.teachers:
+            raise ValueError("cache_teacher=True needs a teacher")
+        if self.cache_teacher and self.teacher_feature_names:
+            raise ValueError(
+                "cache_teacher=True caches logits only, but the terms tap teacher features "
+                f"({', '.join(self.teacher_feature_names)}): the teacher must run every step"
+            )
+        self._cache: torch.Tensor | None = None
+        self._cached: torch.Tensor | None = None
+
+        params = self.trainable_parameters()
+        if optimizer is None:
+            optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        elif callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
+            optimizer = optimizer(params)
+        self.optimizer = optimizer
+        self.scheduler = lr_schedule(self.optimizer) if lr_schedule is not None else None
+        self.progress = progress and os.environ.get("KDLIB_PROGRESS", "1") != "0"
+        self.history: list[dict] = []
+        self.epoch = 0
+
+    # --- parameters and state ---------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The student's parameters and those of the terms (adapters), each once."""
+        params, seen = [], set()
+        modules = [self.student] + [t for t in self.terms if isinstance(t, nn.Module)]
+        for module in modules:
+            for p in module.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "student": self.student.state_dict(),
+            "terms": [t.state_dict() if isinstance(t, nn.Module) else None for t in self.terms],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.student.load_state_dict(state["student"])
+        for term, term_state in zip(self.terms, state["terms"]):
+            if term_state is not None:
+                term.load_state_dict(term_state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.history = list(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save_checkpoint(self, path: str | Path, loader=None) -> Path:
+        """Write everything needed to resume (and the loader's shuffling state) to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        generator = getattr(loader, "generator", None)
+        state["loader_rng"] = generator.get_state() if generator is not None else None
+        torch.save(state, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path, loader=None) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.load_state_dict(state)
+        generator = getattr(loader, "generator", None)
+        if generator is not None and state.get("loader_rng") is not None:
+            generator.set_state(state["loader_rng"].cpu())
+
+    # --- one step ---------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _teacher_logits(self, x: torch.Tensor, index, teacher_taps) -> torch.Tensor | None:
+        if not self.teachers:
+            return None
+        if self.cache_teacher:
+            assert self._cached is not None and self._cache is not None
+            hit = self._cached[index]
+            if bool(hit.all()):
+                return self._cache[index]
+        with torch.no_grad(), self._autocast():
+            outs = [t(x).float() for t in self.teachers]
+        logits = outs[0] if len(outs) == 1 else self.combine_teachers(outs)
+        if self.cache_teacher:
+            self._cache[index] = logits
+            self._cached[index] = True
+        return logits.detach()
+
+    def step(self, batch, student_taps=None, teacher_taps=None) -> dict:
+        """One optimisation step on ``batch = (x, y[, index])``; returns the losses as tensors."""
+        x, y = batch[0], batch[1]
+        index = batch[2] if len(batch) > 2 else None
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.cache_teacher:
+            if index is None:
+                raise ValueError(
+                    "cache_teacher=True needs batches (x, y, index): use a TensorLoader with "
+                    "return_index=True (the cache is keyed by dataset index)"
+                )
+            index = index.to(self.device, non_blocking=True)
+
+        if teacher_taps is not None:
+            teacher_taps.clear()
+        teacher_logits = self._teacher_logits(x, index, teacher_taps)
+        if student_taps is not None:
+            student_taps.clear()
+        with self._autocast():
+            student_logits = self.student(x)
+        student_logits = student_logits.float()
+
+        out = self.loss(student_logits, teacher_logits, y)
+        parts = {}
+        if isinstance(out, KDLossParts):
+            total = out.total
+            parts = {"hard": out.hard.detach(), "soft": out.soft.detach()}
+        else:
+            total = out
+        if self.terms:
+            b = Batch(
+                x,
+                y,
+                index,
+                student_logits,
+                teacher_logits,
+                dict(student_taps.features) if student_taps is not None else {},
+                dict(teacher_taps.features) if teacher_taps is not None else {},
+            )
+            for k, term in enumerate(self.terms):
+                value = term(b).float()
+                parts[_term_name(term, k)] = value.detach()
+                total = total + term.weight * value
+
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        parts["loss"] = total.detach()
+        return parts
+
+    # --- epochs -----------------------------------------------------------------------------
+
+    def _prepare_cache(self, loader) -> None:
+        if not self.cache_teacher:
+            return
+        if _is_random_loader(loader):
+            raise ValueError(
+                "cache_teacher=True was refused: the training loader applies a random "
+                "transform, so the same index gives different inputs each epoch and cached "
+                "teacher logits would not match them. Turn augmentation off or the cache off."
+            )
+        n = getattr(loader, "dataset_size", None)
+        if n is None:
+            n = len(loader.dataset)
+        if self._cache is not None and self._cache.shape[0] != n:
+            self._cache = self._cached = None  # a different dataset: start afresh
+        self._cache_size = n
+
+    def fit(
+        self,
+        train_loader,
+        epochs: int = 10,
+        val_loader=None,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+    ) -> list[dict]:
+        """Train for ``epochs`` epochs (in total: a resumed run continues up to that count).
+
+        Evaluates on ``val_loader`` after each epoch. With ``checkpoint``, saves there after
+        each epoch; with ``resume=True`` and an existing checkpoint, continues from it. Returns
+        ``history``.
+        """
+        if resume and checkpoint is not None and Path(checkpoint).exists():
+            self.load_checkpoint(checkpoint, train_loader)
+        self._prepare_cache(train_loader)
+        if self.cache_teacher and self._cache is None:
+            self._allocate_cache(train_loader)
+
+        student_taps = (
+            FeatureTaps(self.student, self.student_feature_names)
+            if self.student_feature_names
+            else None
+        )
+        teacher_taps = (
+            FeatureTaps(self.teachers[0], self.teacher_feature_names, detach=True)
+            if self.teacher_feature_names
+            else None
+        )
+        steps = len(train_loader)
+        bar = tqdm(
+            total=max(epochs - self.epoch, 0) * steps,
+            desc="distil" if self.teachers else "train",
+            disable=not self.progress,
+            leave=False,
+        )
+        try:
+            while self.epoch < epochs:
+                start = time.perf_counter()
+                self.student.train()
+                for term in self.terms:
+                    if isinstance(term, nn.Module):
+                        term.train()
+                sums: dict[str, torch.Tensor] = {}
+                seen = 0
+                for batch in train_loader:
+                    parts = self.step(batch, student_taps, teacher_taps)
+                    n = len(batch[1])
+                    for key, value in parts.items():
+                        sums[key] = sums.get(key, 0.0) + value * n
+                    seen += n
+                    bar.update(1)
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.epoch += 1
+                record = {"epoch": self.epoch}
+                # one host-device synchronisation per epoch, not per step
+                values = torch.stack([sums[k].float() for k in sums]).cpu().tolist() if sums else []
+                for key, value in zip(sums, values):
+                    name = "train_loss" if key == "loss" else f"train_{key}"
+                    record[name] = value / max(seen, 1)
+                if val_loader is not None:
+                    metrics = evaluate(self.student, val_loader, self.device)
+                    record["val_loss"] = metrics["loss"]
+                    record["val_accuracy"] = metrics["accuracy"]
+                record["seconds"] = time.perf_counter() - start
+                self.history.append(record)
+                bar.set_postfix(
+                    {
+                        k: f"{v:.3f}"
+                        for k, v in record.items()
+                        if k in ("train_loss", "val_accuracy")
+                    }
+                )
+                if checkpoint is not None:
+                    self.save_checkpoint(checkpoint, train_loader)
+        finally:
+            bar.close()
+            for taps in (student_taps, teacher_taps):
+                if taps is not None:
+                    taps.remove()
+        return self.history
+
+    def _allocate_cache(self, loader) -> None:
+        n = self._cache_size
+        # one teacher pass over a first batch tells the number of classes
+        first = next(iter(loader))
+        x = first[0].to(self.device)
+        with torch.no_grad(), self._autocast():
+            outs = [t(x[:1]).float() for t in self.teachers]
+        num_classes = outs[0].shape[1]
+        self._cache = torch.zeros(n, num_classes, device=self.device)
+        self._cached = torch.zeros(n, dtype=torch.bool, device=self.device)
+
+    def evaluate(self, data) -> dict:
+        """Accuracy and loss of the student on ``data`` (see :func:`evaluate`)."""
+        return evaluate(self.student, data, self.device)
+
+
+def _supervised_loss(student_logits, teacher_logits, labels, label_smoothing=0.0):
+    keep = labels != IGNORE_INDEX
+    if not bool(keep.all()):
+        student_logits, labels = student_logits[keep], labels[keep]
+    if len(labels) == 0:
+        return student_logits.sum() * 0.0
+    return F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+
+
+def train_supervised(
+    model: nn.Module,
+    train_loader,
+    epochs: int = 10,
+    val_loader=None,
+    *,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    optimizer=None,
+    lr_schedule: Callable | None = None,
+    label_smoothing: float = 0.0,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Train ``model`` on the labels alone (a teacher, or a baseline student); returns history.
+
+    The same loop as :class:`Distiller` without a teacher: cross-entropy (optionally with label
+    smoothing), samples labelled -1 skipped.
+    """
+    trainer = Distiller(
+        model,
+        None,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        lr_schedule=lr_schedule,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        label_smoothing=label_smoothing,
+        progress=progress,
+    )
+    return trainer.fit(train_loader, epochs=epochs, val_loader=val_loader)
+
+
+# --- `kdlib device` ---------------------------------------------------------------------------
+
+
+def add_arguments(parser, path) -> None:
+    pass
+
+
+def main(args) -> int:
+    device = pick_device("auto")
+    detail = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    print(f"kdlib uses {device}{': ' + detail if detail else ''} (torch {torch.__version__})")
+    return 0

@@ -1,0 +1,273 @@
+"""Response-based distillation losses: the student matches the teacher's output distribution.
+
+The classic knowledge-distillation loss (Hinton, Vinyals & Dean, 2015) is
+
+    L = alpha * CE(y, S) + (1 - alpha) * tau^2 * KL(p_T || p_S),
+    p_T = softmax(z_T / tau),   p_S = softmax(z_S / tau),
+
+where ``z_S, z_T`` are the student's and teacher's logits, shape ``(N, C)``. As in the course's
+source document, **alpha weights the hard (cross-entropy) term** and ``1 - alpha`` the soft one;
+some libraries use the opposite convention.
+
+Conventions that every function here keeps:
+
+- inputs are *logits*, never probabilities; soft terms are computed with ``log_softmax`` on both
+  sides, so identical logits give exactly zero and KL is never negative;
+- KL is averaged per sample (``batchmean``): the sum over classes, averaged over the batch.
+  ``F.kl_div(..., reduction="mean")`` would also divide by the number of classes;
+- soft terms are multiplied by ``tau^2`` so that their gradient does not shrink as ``1/tau^2``;
+- losses are computed in float32 even when the logits arrive in bf16/fp16 from autocast;
+- temperature only enters the soft term; evaluation uses the plain logits (tau = 1);
+- labels equal to ``IGNORE_INDEX`` (-1) mark unlabelled samples of a transfer set: they take part
+  in the soft term only.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "IGNORE_INDEX",
+    "KDLossParts",
+    "check_logits",
+    "softmax_with_temperature",
+    "log_softmax_with_temperature",
+    "soft_targets",
+    "entropy",
+    "kl_divergence",
+    "soft_loss",
+    "hard_loss",
+    "kd_loss",
+    "logit_matching_loss",
+]
+
+IGNORE_INDEX = -1
+
+
+class KDLossParts(NamedTuple):
+    """The total KD loss and its two parts, as returned by ``kd_loss(..., return_parts=True)``.
+
+    ``hard`` is the cross-entropy with the labels, ``soft`` is ``tau^2 * KL(p_T || p_S)``
+    (already scaled), and ``total = alpha * hard + (1 - alpha) * soft``.
+    """
+
+    total: torch.Tensor
+    hard: torch.Tensor
+    soft: torch.Tensor
+
+
+def _check_temperature(temperature: float) -> None:
+    if isinstance(temperature, torch.Tensor):
+        temperature = float(temperature)
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+
+
+def _check_alpha(alpha: float) -> None:
+    if isinstance(alpha, torch.Tensor):
+        alpha = float(alpha)
+    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(
+            f"alpha must lie in [0, 1] (it weights the hard cross-entropy term), got {alpha!r}"
+        )
+
+
+def check_logits(logits: torch.Tensor, name: str = "logits") -> None:
+    """Raise ``ValueError`` unless ``logits`` is a finite floating tensor of shape ``(N, C)``."""
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() != 2:
+        raise ValueError(
+            f"{name} must have shape (batch, classes), got shape {tuple(logits.shape)}"
+        )
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} must be floating point logits, got dtype {logits.dtype}")
+    if not torch.isfinite(logits).all():
+        bad = int((~torch.isfinite(logits)).sum())
+        raise ValueError(f"{name} contain {bad} non-finite values (NaN or inf)")
+
+
+def _check_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    check_logits(student_logits, "student_logits")
+    check_logits(teacher_logits, "teacher_logits")
+    if student_logits.shape[1] != teacher_logits.shape[1]:
+        raise ValueError(
+            f"class-count mismatch: student has {student_logits.shape[1]} classes, "
+            f"teacher has {teacher_logits.shape[1]}"
+        )
+    if student_logits.shape[0] != teacher_logits.shape[0]:
+        raise ValueError(
+            f"batch-size mismatch: student logits have {student_logits.shape[0]} rows, "
+            f"teacher logits have {teacher_logits.shape[0]}"
+        )
+
+
+def _check_labels(labels: torch.Tensor, logits: torch.Tensor) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"labels must have shape ({logits.shape[0]},) to match the logits, "
+            f"got shape {tuple(labels.shape)}"
+        )
+    if labels.is_floating_point():
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    num_classes = logits.shape[1]
+    labelled = labels[labels != IGNORE_INDEX]
+    if labelled.numel() and (int(labelled.min()) < 0 or int(labelled.max()) >= num_classes):
+        raise ValueError(
+            f"labels out of range: expected values in [0, {num_classes - 1}] "
+            f"(or {IGNORE_INDEX} for unlabelled samples), got min {int(labelled.min())}, "
+            f"max {int(labelled.max())}"
+        )
+
+
+def softmax_with_temperature(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``softmax(logits / temperature)`` over the last dimension.
+
+    ``logits``: ``(..., C)``. Higher temperatures flatten the distribution (tau -> inf gives the
+    uniform distribution), tau -> 0 approaches the one-hot argmax; tau = 1 is the plain softmax.
+    """
+    _check_temperature(temperature)
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+def log_softmax_with_temperature(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log_softmax(logits / temperature)`` over the last dimension, in float32."""
+    _check_temperature(temperature)
+    return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def soft_targets(teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """The teacher's soft targets ``p_T = softmax(z_T / tau)``, shape ``(N, C)``, no gradient."""
+    check_logits(teacher_logits, "teacher_logits")
+    return softmax_with_temperature(teacher_logits.detach(), temperature)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats of each distribution along the last dimension: ``-sum p log p``.
+
+    Zero probabilities contribute zero (``0 log 0 = 0``). Shape ``(..., C) -> (...)``.
+    """
+    return -(probs * torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))).sum(-1)
+
+
+def kl_divergence(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-sample ``KL(p_T || p_S)`` at temperature tau, shape ``(N,)``, computed in log space.
+
+    ``KL(p_T || p_S) = sum_c p_T[c] * (log p_T[c] - log p_S[c])`` with both distributions
+    softened by the same temperature. Not scaled by tau^2.
+    """
+    _check_temperature(temperature)
+    log_p_s = log_softmax_with_temperature(student_logits, temperature)
+    log_p_t = log_softmax_with_temperature(teacher_logits, temperature)
+    return F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
+
+
+def soft_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+) -> torch.Tensor:
+    """The soft term ``tau^2 * KL(p_T || p_S)``, averaged over the batch (``batchmean``).
+
+    The teacher's logits are detached: the gradient flows into the student only.
+    """
+    _check_temperature(temperature)
+    _check_pair(student_logits, teacher_logits)
+    kl = kl_divergence(teacher_logits.detach(), student_logits, temperature)
+    return kl.mean() * (temperature * temperature)
+
+
+def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with the labels, averaged over the labelled samples.
+
+    Samples labelled ``IGNORE_INDEX`` are skipped; a batch with no labelled sample gives 0
+    (with a gradient of zero), not NaN.
+    """
+    check_logits(student_logits, "student_logits")
+    _check_labels(labels, student_logits)
+    labelled = labels != IGNORE_INDEX
+    if not bool(labelled.any()):
+        return student_logits.float().sum() * 0.0
+    return F.cross_entropy(student_logits.float(), labels, ignore_index=IGNORE_INDEX)
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    return_parts: bool = False,
+) -> torch.Tensor | KDLossParts:
+    """Hinton's distillation loss ``alpha * CE(y, S) + (1 - alpha) * tau^2 * KL(p_T || p_S)``.
+
+    Args:
+        student_logits: ``(N, C)`` raw student outputs (they carry the gradient).
+        teacher_logits: ``(N, C)`` raw teacher outputs; detached here.
+        labels: ``(N,)`` integer classes; ``-1`` marks an unlabelled transfer-set sample, which
+            only enters the soft term. ``None`` means no labels at all (requires ``alpha == 0``).
+        temperature: tau > 0, applied to both sides of the soft term only.
+        alpha: weight of the hard cross-entropy term, in [0, 1]; ``1 - alpha`` weights the soft
+            term. ``alpha = 1`` is plain supervised training, ``alpha = 0`` pure distillation.
+        return_parts: also return the unweighted parts (see :class:`KDLossParts`).
+
+    Returns:
+        A scalar float32 tensor, or ``KDLossParts(total, hard, soft)``.
+
+    Raises:
+        ValueError: for a shape or class-count mismatch, labels out of range, ``temperature <= 0``,
+            ``alpha`` outside [0, 1] or non-finite logits; the message says which.
+    """
+    _check_temperature(temperature)
+    _check_alpha(alpha)
+    _check_pair(student_logits, teacher_logits)
+    if labels is None:
+        if alpha != 0:
+            raise ValueError("labels=None needs alpha=0 (there is no hard term without labels)")
+        hard = student_logits.float().sum() * 0.0
+    else:
+        hard = hard_loss(student_logits, labels)
+    soft = soft_loss(student_logits, teacher_logits, temperature)
+    total = alpha * hard + (1.0 - alpha) * soft
+    if return_parts:
+        return KDLossParts(total, hard, soft)
+    return total
+
+
+def logit_matching_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    alpha: float = 0.0,
+) -> torch.Tensor:
+    """Logit matching: ``alpha * CE(y, S) + (1 - alpha) * mean_c((z_S - z_T)^2) / 2``.
+
+    The high-temperature limit of KD (Hinton et al. 2015, section 2.1). Expanding the softmax
+    for tau much larger than the logits gives, per sample,
+
+        tau^2 * KL(p_T || p_S)  ->  (1 / 2C) * sum_c (z_S,c - z_T,c)^2
+
+    once each sample's logits are centred (a softmax ignores a constant shift, so both are
+    centred here). This function returns exactly that limit averaged over the batch, so
+    ``kd_loss(..., alpha=0, temperature=tau)`` approaches it as tau grows.
+
+    Shapes: logits ``(N, C)``, labels ``(N,)``. ``alpha`` weights the hard term as in
+    :func:`kd_loss`.
+    """
+    _check_alpha(alpha)
+    _check_pair(student_logits, teacher_logits)
+    z_s = student_logits.float()
+    z_t = teacher_logits.detach().float()
+    z_s = z_s - z_s.mean(dim=1, keepdim=True)
+    z_t = z_t - z_t.mean(dim=1, keepdim=True)
+    matching = 0.5 * F.mse_loss(z_s, z_t)
+    if alpha == 0:
+        return matching
+    if labels is None:
+        raise ValueError("alpha > 0 needs labels for the hard term")
+    return alpha * hard_loss(student_logits, labels) + (1.0 - alpha) * matching

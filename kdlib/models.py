@@ -1,0 +1,233 @@
+"""Teacher and student networks, each with a size knob, each able to hand out its features.
+
+- ``MLP``: fully connected; ``hidden=(1200, 1200)`` is Hinton's MNIST teacher, ``(32,)`` a tiny
+  student.
+- ``SmallCNN``: conv-BN-ReLU blocks with ``width`` and ``depth`` knobs; the course's digits
+  teacher.
+- ``CifarResNet``: the CIFAR ResNets of the KD literature (He et al. 2016, as used by
+  RepDistiller, CRD and DKD): ``resnet8/20/32/56`` with stages of 16/32/64 channels, and the
+  four-times-wider ``resnet8x4`` and ``resnet32x4`` (32/64/128/256). Global average pooling
+  lets them take 8x8 or 28x28 inputs too.
+
+Every model returns logits ``(N, num_classes)`` from ``model(x)``. ``model(x,
+return_features=True)`` returns ``(logits, features)``, where ``features`` is an ordered dict
+from the names in ``model.feature_names`` to the outputs of those submodules (the same names
+that ``kdlib.features`` taps with hooks), e.g. ``{"layer1": (N, 16, 32, 32), ...}``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+__all__ = [
+    "MLP",
+    "SmallCNN",
+    "CifarResNet",
+    "BasicBlock",
+    "resnet8",
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "resnet8x4",
+    "resnet32x4",
+    "count_parameters",
+    "model_size_bytes",
+]
+
+
+class _Staged(nn.Module):
+    """A network made of named stages run in order; the stages' outputs are its features."""
+
+    feature_names: tuple[str, ...] = ()
+
+    def stages(self):
+        return [(name, getattr(self, name)) for name in self.feature_names]
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        features = OrderedDict()
+        for name, stage in self.stages():
+            x = stage(x)
+            features[name] = x
+        logits = self.head(x)
+        return (logits, features) if return_features else logits
+
+
+class MLP(_Staged):
+    """Fully connected classifier: flatten, ``[Linear, ReLU, Dropout] * len(hidden)``, Linear.
+
+    Input ``(N, *)`` (flattened to ``(N, in_features)``), output ``(N, num_classes)``.
+    Features: ``fc1 ... fcK`` (the hidden activations, after ReLU), shape ``(N, hidden[k])``.
+    """
+
+    def __init__(
+        self,
+        in_features: int = 64,
+        hidden: tuple[int, ...] | list[int] = (128,),
+        num_classes: int = 10,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        names, width = [], in_features
+        for k, h in enumerate(hidden, start=1):
+            block = nn.Sequential(nn.Linear(width, h), nn.ReLU(inplace=False))
+            if dropout > 0:
+                block.append(nn.Dropout(dropout))
+            setattr(self, f"fc{k}", block)
+            names.append(f"fc{k}")
+            width = h
+        self.feature_names = tuple(names)
+        self.head = nn.Linear(width, num_classes)
+        self.hidden = tuple(hidden)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        return super().forward(self.flatten(x), return_features)
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    )
+
+
+class SmallCNN(_Staged):
+    """``depth`` blocks of conv3x3-BN-ReLU (+ 2x2 max-pool while the map is >= 4 pixels wide),
+    channels ``width, 2*width, 4*width, ...``, then global average pooling and a linear head.
+
+    Input ``(N, in_channels, H, W)``. Features: ``block1 ... blockD`` (feature maps) and
+    ``pool`` ``(N, channels)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 32,
+        depth: int = 2,
+        image_size: int = 8,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        names, cin, size = [], in_channels, image_size
+        for k in range(depth):
+            cout = width * 2**k
+            block = _conv_bn_relu(cin, cout)
+            if size >= 4:
+                block.append(nn.MaxPool2d(2))
+                size //= 2
+            setattr(self, f"block{k + 1}", block)
+            names.append(f"block{k + 1}")
+            cin = cout
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.feature_names = tuple(names) + ("pool",)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, num_classes))
+        self.width, self.depth = width, depth
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv-BN, identity (or 1x1 conv-BN) shortcut, ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CifarResNet(_Staged):
+    """CIFAR-style ResNet of depth ``6n + 2``: a 3x3 stem, three stages of ``n`` basic blocks
+    (strides 1, 2, 2), global average pooling, a linear head.
+
+    ``channels = (stem, stage1, stage2, stage3)``: ``(16, 16, 32, 64)`` for resnet8..56,
+    ``(32, 64, 128, 256)`` for the x4 variants. Features: ``stem``, ``layer1``, ``layer2``,
+    ``layer3`` (maps of ``H, H/2, H/4`` pixels) and ``pool`` ``(N, channels[3])``.
+    """
+
+    def __init__(
+        self,
+        depth: int = 20,
+        channels: tuple[int, int, int, int] = (16, 16, 32, 64),
+        num_classes: int = 100,
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(
+                f"CIFAR ResNet depth must be 6n + 2 (8, 14, 20, 32, 56...), got {depth}"
+            )
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels[0]),
+            nn.ReLU(),
+        )
+        cin = channels[0]
+        for k, (cout, stride) in enumerate(zip(channels[1:], (1, 2, 2)), start=1):
+            blocks = []
+            for b in range(n):
+                blocks.append(BasicBlock(cin, cout, stride if b == 0 else 1))
+                cin = cout
+            setattr(self, f"layer{k}", nn.Sequential(*blocks))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(cin, num_classes)
+        self.feature_names = ("stem", "layer1", "layer2", "layer3", "pool")
+        self.depth, self.channels = depth, tuple(channels)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+def resnet8(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(8, (16, 16, 32, 64), num_classes, in_channels)
+
+
+def resnet20(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(20, (16, 16, 32, 64), num_classes, in_channels)
+
+
+def resnet32(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(32, (16, 16, 32, 64), num_classes, in_channels)
+
+
+def resnet56(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(56, (16, 16, 32, 64), num_classes, in_channels)
+
+
+def resnet8x4(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(8, (32, 64, 128, 256), num_classes, in_channels)
+
+
+def resnet32x4(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(32, (32, 64, 128, 256), num_classes, in_channels)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (shared tensors counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def model_size_bytes(model: nn.Module) -> int:
+    """Bytes taken by the model's parameters and buffers (e.g. BatchNorm statistics)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
