@@ -1,0 +1,838 @@
+"""``kdlib course run``: execute the whole course headless and report what it found.
+
+The solution notebooks ``solutions/NN_name/NN_name.ipynb`` are executed in order with
+papermill, on the ``python3`` kernel a student uses, with the run's parameters injected after
+each notebook's ``parameters`` cell. Everything lands in the output folder (``build/course``)::
+
+    build/course/
+        index.html            one page: results table, plots, links to every notebook
+        results.json          per notebook: status, parameters, seconds, figures, error
+        NN_name.ipynb         the executed notebook (also written when it fails)
+        NN_name.html          the same, rendered by nbconvert
+        results/NN_name.json  what the notebook's save_results() wrote (its headline figures)
+        work/NN_name/         the notebook's working directory
+
+Fast mode is the default (every notebook in about a minute on a laptop CPU, offline on the
+embedded digits dataset); ``--full`` gives the numbers the text discusses. A failing notebook
+is reported with its cell and error and the run goes on (unless ``--fail-fast``); a notebook
+that runs past ``--timeout`` seconds is stopped (its kernel is shut down) and reported. The
+exit status is 0 when every notebook succeeded, 1 otherwise, 2 when there was nothing to run.
+
+The same run from Python: :func:`run_course` returns a :class:`CourseRun`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import html
+import json
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+__all__ = [
+    "CourseRun",
+    "NotebookResult",
+    "add_arguments",
+    "discover_notebooks",
+    "find_repo_root",
+    "main",
+    "notebook_parameters",
+    "run_course",
+    "run_notebook",
+    "select_notebooks",
+    "write_report",
+]
+
+KERNEL_NAME = "python3"  # the kernel a student uses (see nbgrader_config.py)
+DEFAULT_TIMEOUT = {"fast": 600, "full": 7200}  # seconds per notebook
+START_TIMEOUT = 120  # seconds for the kernel to come up
+# Headless like "agg" (no window ever opens, whatever MPLBACKEND the shell has), but figures
+# are kept as PNG outputs of the executed notebooks, so the HTML and index.html show them.
+MPL_BACKEND = "module://matplotlib_inline.backend_inline"
+_NOTEBOOK_RE = re.compile(r"^(\d+)_[\w.-]*$")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class NotebookResult:
+    """What happened to one notebook.
+
+    ``status`` is ``"ok"``, ``"failed"``, ``"timeout"``, ``"skipped"`` (after a failure with
+    ``--fail-fast``) or ``"interrupted"`` (Ctrl-C). ``error`` (for failed and timed-out
+    notebooks) holds ``cell`` (the failing cell's 1-based position among all cells of the
+    source notebook), ``execution_count`` (its ``In [N]`` in the executed notebook),
+    ``cell_source`` (its first lines), ``ename`` and ``evalue``.
+    """
+
+    name: str
+    source: str
+    status: str = "pending"
+    seconds: float | None = None
+    parameters: dict = field(default_factory=dict)
+    figures: dict | None = None
+    error: dict | None = None
+    warnings: list = field(default_factory=list)
+    output: str | None = None  # executed .ipynb, relative to the output folder
+    html: str | None = None  # its HTML rendering, relative to the output folder
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class CourseRun:
+    """A whole run: its options, one :class:`NotebookResult` per selected notebook."""
+
+    out: str
+    options: dict
+    notebooks: list = field(default_factory=list)
+    started: str = ""
+    finished: str | None = None
+    environment: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.notebooks) and all(nb.ok for nb in self.notebooks)
+
+    def counts(self) -> dict:
+        counts: dict = {}
+        for nb in self.notebooks:
+            counts[nb.status] = counts.get(nb.status, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "counts": self.counts(),
+            "started": self.started,
+            "finished": self.finished,
+            "options": self.options,
+            "environment": self.environment,
+            "notebooks": [asdict(nb) for nb in self.notebooks],
+        }
+
+
+# ---------------------------------------------------------------- finding notebooks
+
+
+def find_repo_root(start: str | Path | None = None) -> Path:
+    """The course repository: the first folder at or above ``start`` (default: the current
+    directory) holding ``nbgrader_config.py``; else the folder above the kdlib package when it
+    holds one (an editable install); else ``start`` itself."""
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "nbgrader_config.py").is_file():
+            return folder
+    package_parent = Path(__file__).resolve().parent.parent
+    if (package_parent / "nbgrader_config.py").is_file():
+        return package_parent
+    return start
+
+
+def discover_notebooks(source: str | Path) -> list[Path]:
+    """``source/NN_name/NN_name.ipynb`` (any ``NN_*.ipynb`` in an ``NN_*`` folder), sorted by
+    the number ``NN`` and then by name. Checkpoints are ignored."""
+    source = Path(source)
+    found = []
+    for folder in source.iterdir() if source.is_dir() else ():
+        if not folder.is_dir() or not _NOTEBOOK_RE.match(folder.name):
+            continue
+        for path in folder.glob("*.ipynb"):
+            if _NOTEBOOK_RE.match(path.stem):
+                found.append(path)
+    return sorted(found, key=lambda p: (_number(p), p.stem))
+
+
+def _number(path: Path) -> int:
+    return int(_NOTEBOOK_RE.match(path.stem).group(1))
+
+
+def select_notebooks(notebooks: list[Path], only: str | None) -> list[Path]:
+    """Keep the notebooks that ``only`` names: comma-separated numbers (``03,04``; ``3`` works
+    too), ranges (``02-05``) or name prefixes (``03_train``). Raises ``ValueError`` for an item
+    that matches no notebook."""
+    if not only:
+        return list(notebooks)
+    keep: set[Path] = set()
+    for item in (part.strip() for part in only.split(",")):
+        if not item:
+            continue
+        if re.fullmatch(r"\d+", item):
+            hits = [p for p in notebooks if _number(p) == int(item)]
+        elif re.fullmatch(r"\d+-\d+", item):
+            low, high = (int(x) for x in item.split("-"))
+            hits = [p for p in notebooks if low <= _number(p) <= high]
+        else:
+            hits = [p for p in notebooks if p.stem.startswith(item)]
+        if not hits:
+            names = ", ".join(p.stem for p in notebooks) or "none"
+            raise ValueError(f"--only {item!r} matches no notebook (found: {names})")
+        keep.update(hits)
+    return [p for p in notebooks if p in keep]
+
+
+# ------------------------------------------------------------------ running one
+
+
+def notebook_parameters(path: str | Path, wanted: dict, explicit: set[str] = frozenset()):
+    """Split ``wanted`` into the parameters the notebook declares and warnings for the rest.
+
+    Returns ``(parameters, warnings)``. Only names in the notebook's ``parameters`` cell are
+    passed (papermill would otherwise inject names the notebook never reads); a name in
+    ``explicit`` (a flag the user gave) that the notebook lacks gets a warning, as does a
+    notebook without a ``parameters`` cell or without ``results_dir``.
+    """
+    import papermill
+
+    declared = papermill.inspect_notebook(str(path))
+    warnings = []
+    if not declared:
+        warnings.append("no cell tagged 'parameters': ran with the notebook's own values")
+    elif "results_dir" in wanted and "results_dir" not in declared:
+        warnings.append("the parameters cell has no results_dir: no figures collected")
+    parameters = {}
+    for name, value in wanted.items():
+        if name in declared:
+            parameters[name] = value
+        elif name in explicit and declared:
+            warnings.append(f"the notebook takes no parameter {name!r}: ignored")
+    return parameters, warnings
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set environment variables (inherited by the kernel) for the duration of a block."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _first_lines(source: str, n: int = 3) -> str:
+    lines = source.strip().splitlines()
+    return "\n".join(lines[:n]) + ("\n..." if len(lines) > n else "")
+
+
+def _locate_cell(source: Path, cell_id=None, cell_source=None, near=None, count=None) -> dict:
+    """Where a cell of the executed notebook is in the *source* notebook.
+
+    Returns ``cell`` (its 1-based position among all cells of the source notebook, ``None``
+    for papermill's injected parameters cell), ``execution_count`` (the ``In [N]`` of the
+    executed notebook) and ``cell_source`` (its first lines). The cell is found by id, else by
+    its source (the match nearest to ``near``, papermill's 0-based index, on ties).
+    """
+    where = {"cell": None, "execution_count": count, "cell_source": None}
+    if cell_source is not None:
+        where["cell_source"] = _first_lines(cell_source)
+    try:
+        import nbformat
+
+        cells = nbformat.read(str(source), as_version=4).cells
+    except Exception:  # noqa: BLE001 (unreadable source: report what we have)
+        return where
+    hits = [i for i, c in enumerate(cells) if cell_id and c.get("id") == cell_id]
+    if not hits and cell_source is not None:
+        hits = [i for i, c in enumerate(cells) if c.get("source") == cell_source]
+    if hits:
+        where["cell"] = 1 + min(hits, key=lambda i: abs(i - (near if near is not None else i)))
+    return where
+
+
+def _where(source: Path, cell) -> dict:
+    if cell is None:
+        return {"cell": None, "execution_count": None, "cell_source": None}
+    return _locate_cell(
+        source, cell.get("id"), cell.get("source"), None, cell.get("execution_count")
+    )
+
+
+def run_notebook(
+    path: str | Path,
+    out: str | Path,
+    parameters: dict,
+    *,
+    timeout: float | None = None,
+    fast: bool = True,
+    render_html: bool = True,
+) -> NotebookResult:
+    """Execute one notebook with papermill into ``out`` and return what happened.
+
+    ``timeout`` (seconds, ``None`` or 0 for none) bounds the whole notebook: each cell may
+    run only for what is left of it, so a cell that hangs is stopped when the notebook's time
+    is up and its kernel is shut down. The figures are read from
+    ``parameters["results_dir"]/<stem>.json`` when the notebook takes ``results_dir``.
+    """
+    import papermill
+    from nbclient.exceptions import CellTimeoutError
+
+    path, out = Path(path).resolve(), Path(out).resolve()
+    name = path.stem
+    result = NotebookResult(name=name, source=str(path))
+    wanted = dict(parameters)
+    explicit = set(wanted.pop("_explicit", ()))
+    try:
+        result.parameters, result.warnings = notebook_parameters(path, wanted, explicit)
+    except Exception as exc:  # noqa: BLE001 (not a notebook: report it, run the others)
+        result.status, result.seconds = "failed", 0.0
+        result.error = {
+            "cell": None,
+            "execution_count": None,
+            "cell_source": None,
+            "ename": type(exc).__name__,
+            "evalue": str(exc)[:500],
+        }
+        return result
+
+    output = out / f"{name}.ipynb"
+    workdir = out / "work" / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    results_file = None
+    if "results_dir" in result.parameters:
+        results_file = Path(result.parameters["results_dir"]) / f"{name}.json"
+        results_file.parent.mkdir(parents=True, exist_ok=True)
+        results_file.unlink(missing_ok=True)  # never report a previous run's figures
+    output.unlink(missing_ok=True)
+
+    deadline = time.monotonic() + timeout if timeout else None
+    current = {"cell": None}
+
+    def cell_timeout(cell):
+        """Per-cell limit for nbclient: what is left of the notebook's time."""
+        current["cell"] = cell
+        return None if deadline is None else max(1.0, deadline - time.monotonic())
+
+    start = time.monotonic()
+    try:
+        with _environment(MPLBACKEND=MPL_BACKEND, KDLIB_FAST="1" if fast else "0"):
+            papermill.execute_notebook(
+                str(path),
+                str(output),
+                parameters=result.parameters,
+                kernel_name=KERNEL_NAME,
+                cwd=str(workdir),
+                progress_bar=False,
+                log_output=False,
+                start_timeout=START_TIMEOUT,
+                timeout_func=cell_timeout,
+                shutdown_kernel="immediate",
+            )
+        result.status = "ok"
+    except papermill.PapermillExecutionError as exc:
+        result.status = "failed"
+        result.error = {
+            **_locate_cell(path, None, exc.source, exc.cell_index, exc.exec_count),
+            "ename": exc.ename,
+            "evalue": exc.evalue,
+        }
+    except CellTimeoutError:
+        result.status = "timeout"
+        result.error = {
+            **_where(path, current["cell"]),
+            "ename": "Timeout",
+            "evalue": f"stopped after {timeout:g} s (--timeout); the kernel was shut down",
+        }
+    except Exception as exc:  # noqa: BLE001 (dead kernel, missing kernel, unreadable file...)
+        result.status = "failed"
+        result.error = {
+            **_where(path, current["cell"]),
+            "ename": type(exc).__name__,
+            "evalue": str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+        }
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+        result.seconds = round(time.monotonic() - start, 2)
+        raise
+    finally:
+        result.seconds = round(time.monotonic() - start, 2)
+        if output.exists():
+            result.output = output.name
+
+    if results_file is not None and results_file.exists():
+        try:
+            from kdlib.report import load_results
+
+            result.figures = load_results(results_file)
+        except (ValueError, KeyError, TypeError) as exc:
+            result.warnings.append(f"unreadable {results_file.name}: {exc}")
+    elif results_file is not None and result.ok:
+        result.warnings.append(
+            f"wrote no figures (expected save_results({name!r}, ..., results_dir))"
+        )
+
+    if render_html and result.output:
+        try:
+            result.html = _render_html(output).name
+        except Exception as exc:  # noqa: BLE001 (a rendering problem must not fail the run)
+            result.warnings.append(f"could not render HTML: {type(exc).__name__}: {exc}")
+    return result
+
+
+def _render_html(notebook: Path) -> Path:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_filename(str(notebook))
+    target = notebook.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+# ------------------------------------------------------------------ the whole run
+
+
+def _format_value(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_format_value(v) for v in value[:4])
+        return f"[{inner}{', ...' if len(value) > 4 else ''}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_format_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def format_figures(figures: dict | None) -> str:
+    """``name=value`` pairs, floats to 4 significant digits."""
+    if not figures:
+        return ""
+    return "  ".join(f"{k}={_format_value(v)}" for k, v in figures.items())
+
+
+def summary_line(result: NotebookResult) -> str:
+    """The console line for one notebook: name, status, time, figures or error."""
+    seconds = "" if result.seconds is None else f"{result.seconds:7.1f}s"
+    line = f"{result.name:<28} {result.status:<8} {seconds:>8}"
+    if result.error:
+        err = result.error
+        where = f"cell {err['cell']}" if err.get("cell") is not None else "cell ?"
+        if err.get("execution_count"):
+            where += f" (In [{err['execution_count']}])"
+        line += f"  {where}: {err['ename']}: {err['evalue']}"
+    elif result.figures:
+        line += "  " + format_figures(result.figures)
+    for warning in result.warnings:
+        line += f"\n{'':<28} warning: {warning}"
+    return line
+
+
+def _environment_info() -> dict:
+    from importlib import metadata
+
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("kdlib", "torch", "papermill", "nbclient", "ipykernel"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = None
+    return info
+
+
+def run_course(
+    source: str | Path,
+    out: str | Path,
+    *,
+    only: str | None = None,
+    fast: bool = True,
+    device: str = "auto",
+    dataset: str = "digits",
+    seed: int = 0,
+    epochs: int | None = None,
+    n_seeds: int | None = None,
+    extra: dict | None = None,
+    explicit: set[str] = frozenset(),
+    timeout: float | None = None,
+    fail_fast: bool = False,
+    render_html: bool = True,
+    progress: bool = True,
+    echo=print,
+) -> CourseRun:
+    """Execute the selected notebooks of ``source`` in order and write the report to ``out``.
+
+    Parameters given to every notebook that declares them: ``device``, ``dataset``, ``seed``,
+    ``fast``, ``results_dir`` (``<out>/results``), ``epochs`` and ``n_seeds`` when not
+    ``None``, and ``extra``. ``explicit`` names the ones the user chose (a notebook that lacks
+    one gets a warning). ``timeout`` is per notebook (default 600 s fast, 7200 s full; 0 for
+    none). ``results.json`` and ``index.html`` are rewritten after every notebook, so an
+    interrupted run still leaves a report. Raises ``ValueError`` when nothing is selected.
+    """
+    from tqdm.auto import tqdm
+
+    source, out = Path(source).resolve(), Path(out).resolve()
+    notebooks = select_notebooks(discover_notebooks(source), only)
+    if not notebooks:
+        raise ValueError(f"no notebooks NN_name/NN_name.ipynb under {source}")
+    if timeout is None:
+        timeout = DEFAULT_TIMEOUT["fast" if fast else "full"]
+    out.mkdir(parents=True, exist_ok=True)
+    results_dir = out / "results"
+
+    wanted = {"device": device, "dataset": dataset, "seed": seed, "fast": fast}
+    wanted["results_dir"] = str(results_dir)
+    if epochs is not None:
+        wanted["epochs"] = epochs
+    if n_seeds is not None:
+        wanted["n_seeds"] = n_seeds
+    wanted.update(extra or {})
+
+    run = CourseRun(
+        out=str(out),
+        options={
+            "source": str(source),
+            "only": only,
+            "mode": "fast" if fast else "full",
+            "timeout_s": timeout or None,
+            "fail_fast": fail_fast,
+            "kernel": KERNEL_NAME,
+            "parameters": {k: v for k, v in wanted.items() if k != "results_dir"},
+        },
+        notebooks=[NotebookResult(name=p.stem, source=str(p)) for p in notebooks],
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        environment=_environment_info(),
+    )
+    write_report(run)
+
+    bar = tqdm(total=len(notebooks), desc="course", unit="nb", disable=not progress)
+    failed = False
+    try:
+        for index, path in enumerate(notebooks):
+            if failed and fail_fast:
+                run.notebooks[index].status = "skipped"
+                continue
+            bar.set_postfix_str(path.stem)
+            run.notebooks[index].status = "running"
+            try:
+                result = run_notebook(
+                    path,
+                    out,
+                    {**wanted, "_explicit": explicit},
+                    timeout=timeout,
+                    fast=fast,
+                    render_html=render_html,
+                )
+            except KeyboardInterrupt:
+                run.notebooks[index].status = "interrupted"
+                raise
+            run.notebooks[index] = result
+            failed = failed or not result.ok
+            (bar.write if progress else echo)(summary_line(result))
+            bar.update(1)
+            write_report(run)
+    finally:
+        bar.close()
+        run.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_report(run)
+    return run
+
+
+# ------------------------------------------------------------------------ report
+
+
+def write_report(run: CourseRun) -> None:
+    """Write ``results.json`` and ``index.html`` into the run's output folder."""
+    out = Path(run.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(run.to_dict(), indent=2) + "\n")
+    (out / "index.html").write_text(render_index(run), encoding="utf-8")
+
+
+def _images(notebook: Path, limit: int = 40) -> list[tuple[str, str]]:
+    """``(mime, base64 data)`` of the images a notebook displayed, in order."""
+    try:
+        import nbformat
+
+        nb = nbformat.read(str(notebook), as_version=4)
+    except Exception:  # noqa: BLE001
+        return []
+    images = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            for mime in ("image/png", "image/jpeg"):
+                if mime in data:
+                    images.append((mime, "".join(data[mime]).replace("\n", "")))
+                    break
+    return images[:limit]
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+.ok { color: #1a7f37; font-weight: bold; }
+.failed, .timeout, .interrupted { color: #cf222e; font-weight: bold; }
+.skipped, .pending, .running { color: #777; }
+pre { background: #f6f8fa; padding: .5em; white-space: pre-wrap; margin: .3em 0; }
+img { max-width: 100%; border: 1px solid #eee; margin: .3em; }
+.warning { color: #9a6700; }
+section { margin-top: 2.5em; }
+"""
+
+
+def render_index(run: CourseRun) -> str:
+    """The self-contained ``index.html`` of a run (all text escaped, images embedded)."""
+    e = html.escape
+    counts = ", ".join(f"{n} {status}" for status, n in run.counts().items())
+    verdict = "all notebooks ran" if run.ok else "some notebooks did not run through"
+    rows, sections = [], []
+    for nb in run.notebooks:
+        anchor = f"nb-{e(nb.name)}"
+        links = []
+        if nb.html:
+            links.append(f'<a href="{e(nb.html)}">html</a>')
+        if nb.output:
+            links.append(f'<a href="{e(nb.output)}">ipynb</a>')
+        seconds = "" if nb.seconds is None else f"{nb.seconds:.1f} s"
+        detail = e(format_figures(nb.figures))
+        if nb.error:
+            detail = _error_html(nb.error)
+        rows.append(
+            f'<tr><td><a href="#{anchor}">{e(nb.name)}</a></td>'
+            f'<td class="{e(nb.status)}">{e(nb.status)}</td><td>{seconds}</td>'
+            f"<td>{' '.join(links)}</td><td>{detail}</td></tr>"
+        )
+        heading = f'<h2>{e(nb.name)} <span class="{e(nb.status)}">{e(nb.status)}</span></h2>'
+        parts = [f'<section id="{anchor}">{heading}']
+        if links:
+            parts.append(f"<p>Executed notebook: {' | '.join(links)}</p>")
+        if nb.error:
+            parts.append(_error_html(nb.error))
+        for warning in nb.warnings:
+            parts.append(f'<p class="warning">warning: {e(warning)}</p>')
+        if nb.parameters:
+            params = ", ".join(
+                f"{e(k)}={e(repr(v))}" for k, v in nb.parameters.items() if k != "results_dir"
+            )
+            parts.append(f"<p>Parameters: <code>{params}</code></p>")
+        if nb.figures:
+            parts.append("<table><tr><th>figure</th><th>value</th></tr>")
+            parts += [
+                f"<tr><td>{e(str(k))}</td><td>{e(_format_value(v))}</td></tr>"
+                for k, v in nb.figures.items()
+            ]
+            parts.append("</table>")
+        if nb.output:
+            for mime, data in _images(Path(run.out) / nb.output):
+                parts.append(f'<img alt="{e(nb.name)} figure" src="data:{mime};base64,{data}">')
+        parts.append("</section>")
+        sections.append("\n".join(parts))
+    options = run.options
+    env = ", ".join(f"{k} {v}" for k, v in run.environment.items() if k != "platform" and v)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Course run: {e(verdict)}</title><style>{_STYLE}</style></head>
+<body>
+<h1>Knowledge distillation course: run report</h1>
+<p><strong>{e(verdict)}</strong> ({e(counts)}). Mode <code>{e(str(options.get("mode")))}</code>,
+parameters <code>{e(json.dumps(options.get("parameters", {})))}</code>,
+timeout {e(str(options.get("timeout_s")))} s per notebook.<br>
+Started {e(run.started)}, finished {e(str(run.finished or "not yet"))}.
+Source <code>{e(str(options.get("source")))}</code>.<br>{e(env)}</p>
+<table><tr><th>notebook</th><th>status</th><th>time</th><th>rendered</th>
+<th>headline figures / error</th></tr>
+{chr(10).join(rows)}
+</table>
+<p>Raw numbers: <a href="results.json">results.json</a>.</p>
+{chr(10).join(sections)}
+</body></html>
+"""
+
+
+def _error_html(error: dict) -> str:
+    e = html.escape
+    where = "cell ?" if error.get("cell") is None else f"cell {error['cell']}"
+    if error.get("execution_count"):
+        where += f" (In [{error['execution_count']}])"
+    text = (
+        f"<p><strong>{e(where)}: {e(str(error.get('ename')))}</strong>: "
+        f"{e(str(error.get('evalue')))}</p>"
+    )
+    if error.get("cell_source"):
+        text += f"<pre>{e(error['cell_source'])}</pre>"
+    return text
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parse_value(text: str):
+    """A ``-p`` value: a Python literal when it is one (``3``, ``0.5``, ``True``, ``None``),
+    else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def add_arguments(parser: argparse.ArgumentParser, path=("course", "run")) -> None:
+    """Flags of ``kdlib course run``."""
+    parser.description = (
+        "Execute the solution notebooks in order with papermill (kernel python3) and write "
+        "the executed notebooks, results.json and index.html to --out. Fast mode is the "
+        "default: with no flags the whole course runs offline on the embedded digits dataset "
+        "in a few minutes on a CPU. Exit status: 0 all ran, 1 a notebook failed or timed "
+        "out, 2 nothing to run."
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--fast",
+        dest="fast",
+        action="store_true",
+        default=True,
+        help="fast mode: fewer epochs and seeds (the default)",
+    )
+    mode.add_argument(
+        "--full",
+        dest="fast",
+        action="store_false",
+        help="full mode: the numbers the text discusses (much longer; a GPU helps)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda", "mps"],
+        default=None,
+        help="device parameter for every notebook (default: auto)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="digits (embedded, offline; the default) | mnist | fashion_mnist | "
+        "cifar10 | cifar100 (download these first: kdlib data download)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed parameter (default: 0)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs parameter (default: each notebook's own for the mode)",
+    )
+    parser.add_argument(
+        "--n-seeds",
+        type=int,
+        default=None,
+        dest="n_seeds",
+        help="n_seeds parameter (default: each notebook's own for the mode)",
+    )
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other parameter, for the notebooks that declare it "
+        "(repeatable; VALUE is read as a Python literal, else a string)",
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        metavar="NN,NN",
+        help="run only these notebooks: numbers (03,04), ranges (02-05) or name prefixes",
+    )
+    parser.add_argument(
+        "--out",
+        default="build/course",
+        metavar="DIR",
+        help="output folder (default: build/course, relative to the current directory)",
+    )
+    parser.add_argument(
+        "--source",
+        default=None,
+        metavar="DIR",
+        help="folder of NN_name/NN_name.ipynb notebooks (default: solutions/ "
+        "of the course repository: the first folder at or above the "
+        "current directory with nbgrader_config.py)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop a notebook that runs longer than this and report it "
+        f"(default: {DEFAULT_TIMEOUT['fast']} fast, "
+        f"{DEFAULT_TIMEOUT['full']} full; 0: no limit)",
+    )
+    parser.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first notebook that fails (the rest are 'skipped')",
+    )
+    parser.add_argument(
+        "--no-html",
+        dest="html",
+        action="store_false",
+        help="do not render the executed notebooks to HTML",
+    )
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar (the per-notebook lines are still printed)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``kdlib course run``; returns the exit status."""
+    extra = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            print(f"kdlib course run: -p expects NAME=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        extra[name] = _parse_value(value)
+    explicit = {
+        name
+        for name in ("device", "dataset", "seed", "epochs", "n_seeds")
+        if getattr(args, name) is not None
+    } | set(extra)
+    source = Path(args.source) if args.source else find_repo_root() / "solutions"
+    timeout = args.timeout
+    try:
+        run = run_course(
+            source,
+            args.out,
+            only=args.only,
+            fast=args.fast,
+            device=args.device or "auto",
+            dataset=args.dataset or "digits",
+            seed=0 if args.seed is None else args.seed,
+            epochs=args.epochs,
+            n_seeds=args.n_seeds,
+            extra=extra,
+            explicit=explicit,
+            timeout=timeout,
+            fail_fast=args.fail_fast,
+            render_html=args.html,
+            progress=args.progress,
+        )
+    except ValueError as exc:
+        print(f"kdlib course run: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "kdlib course run: interrupted; partial report in "
+            f"{Path(args.out).resolve() / 'index.html'}",
+            file=sys.stderr,
+        )
+        return 130
+    counts = ", ".join(f"{n} {status}" for status, n in run.counts().items())
+    print(f"{'ok' if run.ok else 'FAILED'}: {counts}. Report: {Path(run.out) / 'index.html'}")
+    return 0 if run.ok else 1
