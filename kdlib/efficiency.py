@@ -1,0 +1,217 @@
+"""What a model costs to run: parameters, bytes, latency, throughput, activation memory.
+
+The quantities of the course's "why distillation exists" table (latency, memory, energy/cost),
+measured the same way for a teacher and its student::
+
+    from kdlib.efficiency import benchmark
+    benchmark(teacher, (1, 8, 8))   # {"parameters": ..., "latency_ms": ..., ...}
+
+Timing rules that every function here keeps:
+
+- inference only: ``model.eval()`` (the mode is restored afterwards) under
+  ``torch.inference_mode()``;
+- ``warmup`` untimed calls first (lazy initialisation, allocator, caches), then ``repeats``
+  calls each timed with ``time.perf_counter``; the **median** is reported, because a shared
+  machine adds outliers that a mean would absorb;
+- on CUDA (and MPS) the device is synchronised before the clock is read: kernels run
+  asynchronously, and without a synchronisation the clock measures only the launch.
+
+Energy and cloud cost scale with the compute time per sample, so throughput (samples per
+second at a large batch) stands for them here.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from kdlib.models import count_parameters, model_size_bytes
+
+__all__ = [
+    "ActivationMemory",
+    "activation_memory",
+    "benchmark",
+    "measure_latency",
+    "synchronize",
+    "throughput",
+]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the queued kernels of ``device`` to finish (a no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _check_shape(input_shape: Sequence[int], batch_size: int, repeats: int, warmup: int):
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(
+            f"input_shape must be the shape of one sample, positive integers such as (1, 8, 8), "
+            f"got {input_shape!r}"
+        )
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+    return shape
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    repeats: int = 50,
+    warmup: int = 5,
+    device: torch.device | str | None = None,
+) -> float:
+    """Median wall time in seconds of one forward pass on a batch of ``batch_size``.
+
+    ``input_shape`` is one sample's shape, e.g. ``(1, 8, 8)``; the batch is
+    ``torch.rand(batch_size, *input_shape)`` on ``device`` (default: where the model's
+    parameters are). Each of the ``repeats`` timed calls runs under ``torch.inference_mode()``
+    and is bracketed by a device synchronisation; ``warmup`` calls are run untimed first.
+    """
+    shape = _check_shape(input_shape, batch_size, repeats, warmup)
+    device = torch.device(device) if device is not None else _device_of(model)
+    x = torch.rand((batch_size, *shape), generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            synchronize(device)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(x)
+                synchronize(device)
+                times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return statistics.median(times)
+
+
+def throughput(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int = 256,
+    repeats: int = 20,
+    warmup: int = 3,
+    device: torch.device | str | None = None,
+) -> float:
+    """Samples per second at batch size ``batch_size``: ``batch_size / median latency``.
+
+    The median batch latency comes from :func:`measure_latency` with the same arguments.
+    """
+    return batch_size / measure_latency(model, input_shape, batch_size, repeats, warmup, device)
+
+
+class ActivationMemory(NamedTuple):
+    """Activation memory of one forward pass, in bytes (see :func:`activation_memory`).
+
+    ``total``: the outputs of every leaf module added up: what training keeps alive for the
+    backward pass. ``peak``: the largest ``input + output`` of a single leaf module: what a
+    chain of layers needs at once when inference frees each activation after use (a lower
+    bound for networks with skip connections, which keep more alive).
+    """
+
+    total: int
+    peak: int
+
+
+def _bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_bytes(o) for o in obj)
+    if isinstance(obj, dict):
+        return sum(_bytes(o) for o in obj.values())
+    return 0
+
+
+def activation_memory(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+) -> ActivationMemory:
+    """Bytes of the activations of one forward pass on ``batch_size`` samples, counted by hooks.
+
+    A forward hook on every leaf module (a module without children: ``Linear``, ``Conv2d``,
+    ``ReLU``, ...) records the bytes of its inputs and outputs (``numel * element_size``). The
+    input batch itself is not counted in ``total``; parameters are not activations (see
+    :func:`kdlib.models.model_size_bytes`). Returns :class:`ActivationMemory` ``(total, peak)``.
+    Counting by hooks is exact for what the modules return and independent of the allocator,
+    so it is the same on every machine; functional operations inside a ``forward`` (a
+    ``torch.relu`` call, a residual addition) are not modules and are not counted.
+    """
+    shape = _check_shape(input_shape, batch_size, 1, 0)
+    device = torch.device(device) if device is not None else _device_of(model)
+    leaves = [m for m in model.modules() if not list(m.children())]
+    if not leaves:
+        raise ValueError(f"{type(model).__name__} has no leaf modules to hook")
+    total, peak = 0, 0
+
+    def hook(module, inputs, output):
+        nonlocal total, peak
+        out = _bytes(output)
+        total += out
+        peak = max(peak, _bytes(inputs) + out)
+
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(torch.zeros((batch_size, *shape), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return ActivationMemory(total, peak)
+
+
+def benchmark(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    latency_batch: int = 1,
+    throughput_batch: int = 256,
+    repeats: int = 50,
+    device: torch.device | str | None = None,
+) -> dict:
+    """All the costs of one model in a flat dict, for a teacher-versus-student table.
+
+    Keys: ``parameters`` (count), ``model_bytes`` (parameters and buffers), ``latency_ms``
+    (median at ``latency_batch``), ``throughput`` (samples/s at ``throughput_batch``, median of
+    ``max(repeats // 5, 3)`` batches), ``activation_bytes`` (peak, at ``latency_batch``) and
+    ``activation_bytes_total`` (all activations, at ``latency_batch``).
+    """
+    memory = activation_memory(model, input_shape, latency_batch, device)
+    return {
+        "parameters": count_parameters(model),
+        "model_bytes": model_size_bytes(model),
+        "latency_ms": 1e3 * measure_latency(model, input_shape, latency_batch, repeats, 5, device),
+        "throughput": throughput(
+            model, input_shape, throughput_batch, max(repeats // 5, 3), 3, device
+        ),
+        "activation_bytes": memory.peak,
+        "activation_bytes_total": memory.total,
+    }
