@@ -19,6 +19,11 @@ c.CourseDirectory.submitted_directory = os.path.join("grading", "submitted")
 c.CourseDirectory.autograded_directory = os.path.join("grading", "autograded")
 c.CourseDirectory.feedback_directory = os.path.join("grading", "feedback")
 c.CourseDirectory.db_url = "sqlite:///" + os.path.join(_root, "grading", "gradebook.db")
+# sqlite cannot create the folder of its database file: make sure it exists (ignored by git)
+try:
+    os.makedirs(os.path.join(_root, "grading"), exist_ok=True)
+except OSError:  # a read-only checkout: nbgrader commands that need the gradebook will say so
+    pass
 
 # Execution: the kernel a student uses, and a per-cell limit so that an infinite loop in a
 # submission is cut instead of hanging the grading of the whole class.

@@ -1,0 +1,722 @@
+"""``kdlib grade``: a folder of student submissions to grades, feedback and a gradebook.
+
+    kdlib grade [ASSIGNMENT ...] --submissions DIR [--db URL] [--out DIR]
+                [--course-dir DIR] [--timeout SECONDS] [--csv FILE]
+
+The work is done by nbgrader (0.9), through its Python API, with the course's
+``nbgrader_config.py``; this module only adds what an instructor otherwise does by hand:
+
+1. **Register** each assignment in the gradebook from the course's *source* folder
+   (``solutions/``): ``generate_assignment`` into a temporary folder, so the committed release
+   (``notebooks/``) is never touched. The gradebook then holds every locked cell and every
+   hidden test, which autograding restores.
+2. **Import** the submissions found in ``--submissions`` (either layout below) into
+   ``<out>/submitted/<student>/<assignment>/<notebook>.ipynb``, after checking that each
+   notebook is a readable notebook. A bad file is reported by name and skipped; the rest of the
+   class is graded.
+3. **Autograde** each submission (``nbgrader autograde``: locked cells overwritten from the
+   gradebook, hidden tests restored, every cell run with a per-cell timeout), then **generate
+   feedback** HTML into ``<out>/feedback/<student>/<assignment>/``.
+4. **Export** ``<out>/grades.csv`` (one row per student and assignment: student, assignment,
+   score, max_score, then the points of every graded cell) and ``<out>/issues.csv`` (everything
+   reported: unreadable notebooks, unknown assignments, modified locked cells, cells cut at the
+   timeout, failed autogrades).
+
+Submission layouts (both may be mixed in one folder):
+
+- nbgrader's: ``DIR/<student>/<assignment>/<notebook>.ipynb`` (what ``nbgrader collect`` and
+  ``zip_collect`` produce; ``timestamp.txt`` and other files travel with the notebook);
+- flat, per assignment: ``DIR/<assignment>/<student>.ipynb``; and, when exactly one ASSIGNMENT
+  is named, ``DIR/<student>.ipynb``.
+
+A folder named like an assignment of the course is read as the flat layout; any other folder
+is a student's. When an assignment has one notebook, a submitted notebook with another name is
+renamed to it.
+
+Re-running is safe: nbgrader updates the gradebook in place (one submission per student and
+assignment), manual grades entered in the formgrader are kept, and the CSV files come out the
+same. Exit status: 0 every submission found was graded; 1 something was reported as bad input
+or could not be graded (the rest was graded; see issues.csv); 2 usage error (no course, unknown
+ASSIGNMENT named, no submissions folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_FILE = "nbgrader_config.py"
+DEFAULT_OUT = "grading"  # in the course folder; nbgrader_config.py puts nbgrader's folders there
+TIMEOUT_ENAME = "CellTimeoutError"  # the error nbgrader's Execute writes into a cut cell
+_REGEX_SPECIAL = set("()[]{}?*+|^$\\")  # nbgrader puts folder names into regexes unescaped
+
+# issue kinds that mean a submission (or part of it) was not graded: exit status 1
+BAD_INPUT = {
+    "invalid-notebook",
+    "unknown-assignment",
+    "no-notebook",
+    "unexpected-notebook",
+    "duplicate-submission",
+    "not-graded",
+    "autograde-failed",
+    "assignment-failed",
+    "bad-student-id",
+}
+_GLOB_SPECIAL = set("*?[]")  # nbgrader finds submissions with glob: ids cannot contain these
+
+
+class GradingError(Exception):
+    """A usage error: the command cannot start (exit status 2)."""
+
+
+@dataclass(frozen=True, order=True)
+class Issue:
+    """Something an instructor should know about one submission."""
+
+    assignment: str
+    student: str
+    kind: str  # see BAD_INPUT; also locked-cell-modified, locked-cell-missing, cell-timeout...
+    detail: str
+
+    @property
+    def bad(self) -> bool:
+        return self.kind in BAD_INPUT
+
+
+@dataclass
+class Submission:
+    """One student's work for one assignment, as found in the submissions folder."""
+
+    student: str
+    assignment: str
+    origin: Path  # the file or folder it came from (for messages)
+    files: list[Path] = field(default_factory=list)  # the notebooks found
+    folder: Path | None = None  # nbgrader layout: the folder whose other files travel along
+
+
+@dataclass
+class Report:
+    """What ``grade`` did."""
+
+    out: Path
+    db_url: str
+    csv_path: Path
+    issues_path: Path
+    assignments: list[str]
+    graded: list[tuple[str, str]]  # (assignment, student) autograded in this run
+    issues: list[Issue]
+    rows: list[dict[str, str]]  # the rows of grades.csv
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(issue.bad for issue in self.issues) else 0
+
+
+# --------------------------------------------------------------------------- course and config
+
+
+def find_course_dir(start: str | Path | None = None) -> Path:
+    """The first folder at or above ``start`` (default: cwd) holding ``nbgrader_config.py``."""
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    raise GradingError(
+        f"no {CONFIG_FILE} in {start} or above it: run from the course folder or pass --course-dir"
+    )
+
+
+def load_course_config(course_dir: Path):
+    """The traitlets Config of ``course_dir/nbgrader_config.py``."""
+    from traitlets.config import Config, PyFileConfigLoader
+
+    path = course_dir / CONFIG_FILE
+    if not path.is_file():
+        return Config()
+    return PyFileConfigLoader(CONFIG_FILE, path=str(course_dir)).load_config()
+
+
+def _config_value(cfg, section: str, name: str, default):
+    sec = cfg.get(section, {})
+    return sec[name] if name in sec else default
+
+
+def source_assignments(source_dir: Path) -> dict[str, list[str]]:
+    """Assignment name -> names (stems) of its notebooks, from the source folder."""
+    found = {}
+    if source_dir.is_dir():
+        for folder in sorted(source_dir.iterdir()):
+            if folder.is_dir() and not _hidden(folder):
+                notebooks = sorted(p.stem for p in folder.glob("*.ipynb"))
+                if notebooks:
+                    found[folder.name] = notebooks
+    return found
+
+
+def _hidden(path: Path) -> bool:
+    return path.name.startswith((".", "__"))
+
+
+def _ensure_alembic_on_path() -> None:
+    """nbgrader creates a new gradebook by running the ``alembic`` command by name: when the
+    environment's scripts folder is not on PATH (a venv used without activating it), add it."""
+    if shutil.which("alembic") is None:
+        scripts = Path(sys.executable).parent
+        if (scripts / "alembic").exists() or (scripts / "alembic.exe").exists():
+            os.environ["PATH"] = str(scripts) + os.pathsep + os.environ.get("PATH", "")
+
+
+def _sqlite_dir(db_url: str) -> Path | None:
+    """The folder of a sqlite database file, to create it; None for other databases."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return Path(url.database).resolve().parent
+    return None
+
+
+# --------------------------------------------------------------------------- finding submissions
+
+
+def scan_submissions(
+    root: Path, known: dict[str, list[str]], named: list[str]
+) -> tuple[list[Submission], list[Issue]]:
+    """Read the submissions folder (both layouts). Returns the submissions and the problems."""
+    subs: list[Submission] = []
+    issues: list[Issue] = []
+
+    def notebooks_in(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.glob("*.ipynb") if p.is_file() and not _hidden(p))
+
+    for entry in sorted(root.iterdir()):
+        if _hidden(entry):
+            continue
+        if entry.is_file():
+            if entry.suffix != ".ipynb":
+                continue
+            if len(named) == 1:
+                subs.append(Submission(entry.stem, named[0], entry, [entry]))
+            else:
+                issues.append(Issue("", entry.stem, "unknown-assignment",
+                                    f"{entry}: a notebook directly in the submissions folder "
+                                    "needs exactly one ASSIGNMENT on the command line"))
+        elif entry.is_dir() and entry.name in known:  # flat: DIR/<assignment>/<student>.ipynb
+            for item in sorted(entry.iterdir()):
+                if _hidden(item):
+                    continue
+                if item.is_file() and item.suffix == ".ipynb":
+                    subs.append(Submission(item.stem, entry.name, item, [item]))
+                elif item.is_dir():  # DIR/<assignment>/<student>/<notebook>.ipynb
+                    subs.append(Submission(item.name, entry.name, item, notebooks_in(item), item))
+        elif entry.is_dir():  # nbgrader: DIR/<student>/<assignment>/<notebook>.ipynb
+            folders = [d for d in sorted(entry.iterdir()) if d.is_dir() and not _hidden(d)]
+            loose = notebooks_in(entry)
+            if not folders and loose:
+                issues.append(Issue(entry.name, "", "unknown-assignment",
+                                    f"{entry}: not an assignment of the course "
+                                    f"(known: {', '.join(known) or 'none'})"))
+                continue
+            if not folders:
+                issues.append(Issue("", entry.name, "no-notebook",
+                                    f"{entry}: student folder with no notebook (expected "
+                                    f"{entry.name}/<assignment>/<notebook>.ipynb)"))
+                continue
+            for folder in folders:
+                if folder.name not in known:
+                    issues.append(Issue(folder.name, entry.name, "unknown-assignment",
+                                        f"{folder}: not an assignment of the course "
+                                        f"(known: {', '.join(known) or 'none'})"))
+                    continue
+                subs.append(Submission(entry.name, folder.name, folder,
+                                       notebooks_in(folder), folder))
+
+    # one submission per (assignment, student); report the later ones
+    seen: dict[tuple[str, str], Submission] = {}
+    unique = []
+    for sub in subs:
+        if _GLOB_SPECIAL & set(sub.student):
+            issues.append(Issue(sub.assignment, sub.student, "bad-student-id",
+                                f"{sub.origin}: a student id cannot contain * ? [ ]: rename it"))
+            continue
+        key = (sub.assignment, sub.student)
+        if key in seen:
+            issues.append(Issue(sub.assignment, sub.student, "duplicate-submission",
+                                f"{sub.origin}: a second submission of {sub.student} for "
+                                f"{sub.assignment} (graded: {seen[key].origin})"))
+            continue
+        seen[key] = sub
+        unique.append(sub)
+    return unique, issues
+
+
+def read_notebook(path: Path):
+    """The notebook at ``path`` (nbformat 4), or raise ValueError with a readable reason."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception as exc:  # NotJSONError, UnicodeDecodeError, NBFormatError, KeyError...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"not a valid notebook ({reason[:200]})") from exc
+    if not isinstance(nb.get("cells"), list):
+        raise ValueError("not a valid notebook (no cells)")
+    return nb
+
+
+# --------------------------------------------------------------------------- grading
+
+
+def _copy_extras(src: Path, dest: Path) -> None:
+    """Copy the non-notebook files of an nbgrader-layout submission folder."""
+    for item in sorted(src.rglob("*")):
+        rel = item.relative_to(src)
+        if any(part.startswith(".") for part in rel.parts) or item.suffix == ".ipynb":
+            continue
+        target = dest / rel
+        if item.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif item.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item, target)
+
+
+def import_submission(sub: Submission, expected: list[str], dest: Path, in_place: bool,
+                      ) -> tuple[dict[str, object], list[Issue]]:
+    """Check the notebooks of ``sub`` and copy them to ``dest`` (the nbgrader submitted folder)
+    under the names the assignment expects. Returns {notebook name: notebook} and issues."""
+    issues = []
+    chosen: dict[str, tuple[Path, object]] = {}
+    if not sub.files:
+        issues.append(Issue(sub.assignment, sub.student, "no-notebook",
+                            f"{sub.origin}: no notebook in the submission"))
+        return {}, issues
+    for path in sub.files:
+        if path.stem in expected:
+            name = path.stem
+        elif len(expected) == 1 and len(sub.files) == 1 and not in_place:
+            name = expected[0]
+        else:
+            issues.append(Issue(sub.assignment, sub.student, "unexpected-notebook",
+                                f"{path}: not a notebook of {sub.assignment} "
+                                f"(expected: {', '.join(e + '.ipynb' for e in expected)})"))
+            continue
+        try:
+            nb = read_notebook(path)
+        except ValueError as exc:
+            issues.append(Issue(sub.assignment, sub.student, "invalid-notebook", f"{path}: {exc}"))
+            continue
+        chosen[name] = (path, nb)
+
+    if in_place:
+        if issues:  # nbgrader would grade the bad file too: leave the whole submission out
+            issues.append(Issue(sub.assignment, sub.student, "not-graded",
+                                f"{sub.origin}: not graded until the problems above are fixed"))
+            return {}, issues
+        return {name: nb for name, (_, nb) in chosen.items()}, issues
+    if not chosen:
+        return {}, issues
+
+    # replace the previous copy of this submission (the originals stay in DIR)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    if sub.folder is not None:
+        _copy_extras(sub.folder, dest)
+    for name, (path, _) in chosen.items():
+        shutil.copyfile(path, dest / f"{name}.ipynb")
+    return {name: nb for name, (_, nb) in chosen.items()}, issues
+
+
+def _locked_checksums(nb) -> dict[str, str]:
+    """grade_id -> nbgrader checksum of the locked cells of a (release or source) notebook."""
+    from nbgrader import utils
+
+    sums = {}
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade_id") and utils.is_locked(cell):
+            sums[meta["grade_id"]] = utils.compute_checksum(cell)
+    return sums
+
+
+def check_locked_cells(nb, release: dict[str, str], source: dict[str, str]) -> tuple[list, list]:
+    """Locked cells of ``release`` that ``nb`` changed (neither the release's nor the source's
+    version) or deleted. nbgrader restores changed ones from the gradebook before running."""
+    from nbgrader import utils
+
+    submitted = {}
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade_id"):
+            try:
+                submitted[meta["grade_id"]] = utils.compute_checksum(cell)
+            except Exception:  # e.g. points removed from the metadata
+                submitted[meta["grade_id"]] = "?"
+    modified = [g for g in release if g in submitted
+                and submitted[g] not in (release[g], source.get(g))]
+    missing = [g for g in release if g not in submitted]
+    return modified, missing
+
+
+def timed_out_cells(nb) -> list[str]:
+    """grade_id (or ``cell N``) of each cell nbgrader cut at the per-cell timeout."""
+    cut = []
+    for index, cell in enumerate(nb.cells, start=1):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error" and output.get("ename") == TIMEOUT_ENAME:
+                cut.append(cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+                           or f"cell {index}")
+                break
+    return cut
+
+
+def _failure_reason(result: dict) -> str:
+    """A one-line reason from an NbGraderAPI result that failed."""
+    text = (result.get("log") or "") + "\n" + (result.get("error") or "")
+    if "Timeout waiting for IOPub output" in text or "became unresponsive" in text:
+        return ("the kernel did not stop when interrupted at the per-cell timeout "
+                "(a loop that ignores interrupts?) and was killed")
+    if "DeadKernelError" in text or "Kernel died" in text:
+        return "the kernel died (the code exited or crashed the Python process)"
+    found = re.findall(r"^\s*(?:\w+\.)*(\w+(?:Error|Exception|Exit): .+)$", text, re.M)
+    found = [f for f in found if not f.startswith("NbGraderException: Please see")]
+    if found:
+        return found[-1].strip()[:300]
+    lines = [ln.strip() for ln in text.splitlines() if ln.startswith("[ERROR]")]
+    return (lines or ["unknown error"])[0][:300]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    return f"{float(value):g}"
+
+
+def _cell_order(source_nb_path: Path) -> list[str]:
+    try:
+        nb = read_notebook(source_nb_path)
+    except (ValueError, OSError):
+        return []
+    return [c.metadata.nbgrader["grade_id"] for c in nb.cells
+            if c.get("metadata", {}).get("nbgrader", {}).get("grade_id")]
+
+
+def export_grades(db_url: str, course_id: str, assignments: list[str], source_dir: Path,
+                  ) -> tuple[list[str], list[dict[str, str]]]:
+    """Columns and rows of grades.csv, from the gradebook: every submission of ``assignments``.
+    Per-cell columns are ``<assignment>:<grade_id>`` (``<assignment>/<notebook>:<grade_id>``
+    when an assignment has several notebooks), in assignment order and then notebook order."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    columns = ["student", "assignment", "score", "max_score"]
+    rows = []
+    with Gradebook(db_url, course_id) as gb:
+        for name in assignments:
+            try:
+                assignment = gb.find_assignment(name)
+            except MissingEntry:
+                continue
+            notebooks = sorted(assignment.notebooks, key=lambda n: n.name)
+            keys = {}  # (notebook, grade_id) -> column
+            for notebook in notebooks:
+                order = _cell_order(source_dir / name / f"{notebook.name}.ipynb")
+                cells = [c.name for c in [*notebook.grade_cells, *notebook.task_cells]]
+                cells.sort(key=lambda g: (order.index(g) if g in order else len(order), g))
+                prefix = name if len(notebooks) == 1 else f"{name}/{notebook.name}"
+                for grade_id in cells:
+                    keys[(notebook.name, grade_id)] = f"{prefix}:{grade_id}"
+            columns.extend(keys.values())
+            for sub in sorted(assignment.submissions, key=lambda s: s.student.id):
+                row = {"student": sub.student.id, "assignment": name,
+                       "score": _fmt(sub.score), "max_score": _fmt(sub.max_score)}
+                for snb in sub.notebooks:
+                    for grade in snb.grades:
+                        key = keys.get((snb.notebook.name, grade.name))
+                        if key:
+                            row[key] = _fmt(grade.score)
+                rows.append(row)
+    return columns, rows
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _zero_failed(db_url: str, course_id: str, assignment: str, student: str) -> None:
+    """A submission whose autograde failed keeps a row, scored 0 and marked for manual grading
+    (not the scores of an earlier run)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(db_url, course_id) as gb:
+        try:
+            sub = gb.find_submission(assignment, student)
+        except MissingEntry:
+            sub = gb.update_or_create_submission(assignment, student)
+        for snb in sub.notebooks:
+            for grade in snb.grades:
+                grade.auto_score = 0.0
+                grade.needs_manual_grade = True
+        gb.db.commit()
+
+
+def grade(
+    submissions: str | Path,
+    assignments: list[str] | None = None,
+    *,
+    course_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    db_url: str | None = None,
+    timeout: int | None = None,
+    csv_path: str | Path | None = None,
+    feedback: bool = True,
+    echo=print,
+) -> Report:
+    """Grade a folder of submissions; see the module docstring. Raises GradingError on usage
+    errors; every problem with a submission is an Issue in the returned Report."""
+    import nbformat
+    from traitlets.config import Config
+
+    course = Path(course_dir).resolve() if course_dir else find_course_dir()
+    if not course.is_dir():
+        raise GradingError(f"course folder {course} does not exist")
+    cfg = load_course_config(course)
+    source_dir = course / _config_value(cfg, "CourseDirectory", "source_directory", "source")
+    known = source_assignments(source_dir)
+    if not known:
+        raise GradingError(f"no assignments in {source_dir} (expected <assignment>/*.ipynb)")
+    named = list(dict.fromkeys(assignments or []))
+    unknown = [a for a in named if a not in known]
+    if unknown:
+        raise GradingError(f"unknown assignment {', '.join(unknown)}: the course has "
+                           f"{', '.join(known)} (in {source_dir})")
+    sub_root = Path(submissions).resolve()
+    if not sub_root.is_dir():
+        raise GradingError(f"submissions folder {submissions} does not exist")
+
+    out = Path(out).resolve() if out else course / DEFAULT_OUT
+    submitted = out / "submitted"
+    in_place = sub_root == submitted.resolve()
+    if not in_place and (submitted.resolve().is_relative_to(sub_root)
+                         or sub_root.is_relative_to(submitted.resolve())):
+        raise GradingError(f"--out {out} and --submissions {sub_root} overlap: keep the "
+                           "students' originals outside the grading folder")
+    bad_chars = sorted(_REGEX_SPECIAL & set(str(out)))
+    if bad_chars:
+        raise GradingError(f"--out {out}: nbgrader cannot use a path containing "
+                           f"{' '.join(bad_chars)}")
+    db_url = db_url or "sqlite:///" + str(out / "gradebook.db")
+    csv_path = Path(csv_path).resolve() if csv_path else out / "grades.csv"
+    issues_path = out / "issues.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    db_dir = _sqlite_dir(db_url)
+    if db_dir is not None:
+        db_dir.mkdir(parents=True, exist_ok=True)
+
+    _ensure_alembic_on_path()
+    subs, issues = scan_submissions(sub_root, known, named)
+    selected = named or sorted({s.assignment for s in subs})
+    skipped = [s for s in subs if s.assignment not in selected]
+    if skipped:
+        echo(f"skipping {len(skipped)} submission(s) of assignments not named on the command line")
+    subs = sorted((s for s in subs if s.assignment in selected),
+                  key=lambda s: (s.assignment, s.student))
+    if not subs and not issues:
+        issues.append(Issue("", "", "no-notebook", f"{sub_root}: no submissions found"))
+
+    logs_dir = out / "logs"
+    graded: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="kdlib-grade-release-") as release_dir:
+        overrides = Config()
+        overrides.CourseDirectory.root = str(course)
+        overrides.CourseDirectory.release_directory = release_dir  # never the committed release
+        overrides.CourseDirectory.submitted_directory = str(submitted)
+        overrides.CourseDirectory.autograded_directory = str(out / "autograded")
+        overrides.CourseDirectory.feedback_directory = str(out / "feedback")
+        overrides.CourseDirectory.db_url = db_url
+        if timeout is not None:
+            overrides.Execute.timeout = int(timeout)
+        cfg.merge(overrides)
+        cfg.NbGraderAPI.log_level = logging.INFO
+
+        from nbgrader.api import Gradebook
+        from nbgrader.apps import NbGraderAPI
+
+        api = NbGraderAPI(config=cfg)
+        course_id = api.coursedir.course_id
+
+        for name in selected:
+            mine = [s for s in subs if s.assignment == name]
+            echo(f"{name}: registering the assignment from {source_dir / name}")
+            result = api.generate_assignment(name, force=True, create=True)
+            _save_log(logs_dir / name / "_generate_assignment.log", result)
+            if not result["success"]:
+                reason = _failure_reason(result)
+                issues.append(Issue(name, "", "assignment-failed",
+                                    f"{source_dir / name}: nbgrader generate_assignment failed "
+                                    f"({reason}); its {len(mine)} submission(s) were not graded"))
+                continue
+            release_sums, source_sums = {}, {}
+            with Gradebook(db_url, course_id) as gb:
+                for nb_name in known[name]:
+                    rel = read_notebook(Path(release_dir) / name / f"{nb_name}.ipynb")
+                    release_sums[nb_name] = _locked_checksums(rel)
+                    nb_row = gb.find_notebook(nb_name, name)
+                    source_sums[nb_name] = {c.name: c.checksum for c in nb_row.source_cells
+                                            if c.locked}
+
+            for sub in mine:
+                who = f"{name}/{sub.student}"
+                dest = submitted / sub.student / name
+                notebooks, found = import_submission(sub, known[name], dest, in_place)
+                issues.extend(found)
+                if not notebooks:
+                    echo(f"{who}: not graded (see the problems reported)")
+                    continue
+                for nb_name, nb in sorted(notebooks.items()):
+                    modified, missing = check_locked_cells(nb, release_sums[nb_name],
+                                                           source_sums[nb_name])
+                    if modified:
+                        issues.append(Issue(name, sub.student, "locked-cell-modified",
+                                            f"{dest / nb_name}.ipynb: locked cell(s) "
+                                            f"{', '.join(modified)} edited by the student; "
+                                            "restored from the gradebook before grading"))
+                    if missing:
+                        issues.append(Issue(name, sub.student, "locked-cell-missing",
+                                            f"{dest / nb_name}.ipynb: locked cell(s) "
+                                            f"{', '.join(missing)} deleted by the student; "
+                                            "their points need a manual grade"))
+                result = api.autograde(name, sub.student, force=True, create=True)
+                _save_log(logs_dir / name / f"{sub.student}.log", result)
+                if not result["success"]:
+                    _zero_failed(db_url, course_id, name, sub.student)
+                    issues.append(Issue(name, sub.student, "autograde-failed",
+                                        f"{dest}: autograding failed ({_failure_reason(result)}); "
+                                        f"scored 0 pending a manual grade; log: "
+                                        f"{logs_dir / name / sub.student}.log"))
+                    echo(f"{who}: autograding FAILED")
+                    continue
+                graded.append((name, sub.student))
+                for nb_name in sorted(notebooks):
+                    path = out / "autograded" / sub.student / name / f"{nb_name}.ipynb"
+                    if path.is_file():
+                        cut = timed_out_cells(nbformat.read(str(path), as_version=4))
+                        if cut:
+                            limit = _config_value(cfg, "Execute", "timeout", 30)
+                            issues.append(Issue(name, sub.student, "cell-timeout",
+                                                f"{path}: {', '.join(cut)} cut after the "
+                                                f"per-cell timeout ({limit} s)"))
+                if feedback:
+                    result = api.generate_feedback(name, sub.student, force=True)
+                    _save_log(logs_dir / name / f"{sub.student}.feedback.log", result)
+                    if not result["success"]:
+                        issues.append(Issue(name, sub.student, "feedback-failed",
+                                            f"feedback for {who} failed "
+                                            f"({_failure_reason(result)})"))
+                with Gradebook(db_url, course_id) as gb:
+                    s = gb.find_submission(name, sub.student)
+                    echo(f"{who}: {_fmt(s.score)}/{_fmt(s.max_score)}")
+
+    columns, rows = export_grades(db_url, course_id, selected, source_dir)
+    _write_csv(csv_path, columns, rows)
+    issues = sorted(set(issues))
+    _write_csv(issues_path, ["assignment", "student", "issue", "detail"],
+               [{"assignment": i.assignment, "student": i.student, "issue": i.kind,
+                 "detail": i.detail} for i in issues])
+    return Report(out, db_url, csv_path, issues_path, selected, graded, issues, rows)
+
+
+def _save_log(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (result.get("log") or "") + ("\n" + result["error"] if result.get("error") else "")
+    path.write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser, path=("grade",)) -> None:
+    """Flags of ``kdlib grade``."""
+    parser.description = (
+        "Import the students' notebooks found in --submissions (nbgrader's "
+        "<student>/<assignment>/<notebook>.ipynb layout, or a flat <assignment>/<student>.ipynb "
+        "folder), autograde them with nbgrader, write per-student feedback HTML, and export "
+        "<out>/grades.csv and <out>/issues.csv. Bad files are reported by name and the rest of "
+        "the class is graded. Exit status: 0 all graded, 1 something reported as bad input or "
+        "not graded (see issues.csv), 2 usage error."
+    )
+    parser.add_argument("assignments", nargs="*", metavar="ASSIGNMENT",
+                        help="assignments to grade (default: every assignment found in "
+                        "--submissions)")
+    parser.add_argument("--submissions", required=True, metavar="DIR",
+                        help="folder of collected submissions")
+    parser.add_argument("--db", default=None, metavar="URL",
+                        help="gradebook: any SQLAlchemy URL nbgrader accepts, e.g. "
+                        "postgresql://user@host/course (default: sqlite:///<out>/gradebook.db)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where submitted/, autograded/, feedback/, logs/, the gradebook "
+                        "and the CSV files go (default: grading/ in the course folder)")
+    parser.add_argument("--course-dir", default=None, metavar="DIR",
+                        help="the course folder (default: the first folder at or above the "
+                        f"current one with {CONFIG_FILE})")
+    parser.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
+                        help="per-cell execution limit while autograding (default: "
+                        f"Execute.timeout in {CONFIG_FILE})")
+    parser.add_argument("--csv", default=None, metavar="FILE",
+                        help="where to write the grades (default: <out>/grades.csv)")
+    parser.add_argument("--no-feedback", action="store_true",
+                        help="skip generating the feedback HTML")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``kdlib grade``; returns the exit status."""
+    try:
+        from sqlalchemy.exc import SAWarning
+
+        warnings.filterwarnings("ignore", category=SAWarning)  # nbgrader's session noise
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        report = grade(
+            args.submissions,
+            args.assignments,
+            course_dir=args.course_dir,
+            out=args.out,
+            db_url=args.db,
+            timeout=args.timeout,
+            csv_path=args.csv,
+            feedback=not args.no_feedback,
+        )
+    except GradingError as exc:
+        print(f"kdlib grade: {exc}", file=sys.stderr)
+        return 2
+    for issue in report.issues:
+        level = "error" if issue.bad else "warning"
+        print(f"kdlib grade: {level}: {issue.detail}", file=sys.stderr)
+    n_bad = sum(issue.bad for issue in report.issues)
+    print(f"graded {len(report.graded)} submission(s) of {', '.join(report.assignments) or '-'}; "
+          f"{n_bad} problem(s) reported")
+    print(f"grades:   {report.csv_path}")
+    print(f"issues:   {report.issues_path}")
+    print(f"feedback: {report.out / 'feedback'}")
+    print(f"gradebook: {report.db_url}")
+    return report.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from kdlib.cli import main as cli_main
+
+    raise SystemExit(cli_main(["grade", *sys.argv[1:]]))
