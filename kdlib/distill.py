@@ -20,6 +20,7 @@ is moved to the device and trained with the student.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdlib.data import TensorLoader
 from kdlib.features import FeatureTaps
 from kdlib.losses import IGNORE_INDEX, KDLossParts, kd_loss
 
@@ -208,7 +210,8 @@ class Distiller:
             ``params -> optimizer``; default ``Adam(lr, weight_decay)``.
         lr_schedule: optional factory ``optimizer -> scheduler``, stepped once per epoch.
         device: where to train; default :func:`pick_device`. Models, terms and batches are
-            moved there.
+            moved there; on CUDA, a ``TensorLoader`` whose tensors take at most a quarter of
+            the free memory is copied there once (see ``TensorLoader.to``), not batch by batch.
         amp: bf16 autocast for the forward passes on CUDA (losses stay float32); ignored on
             other devices.
         channels_last: channels-last memory format for 4-d inputs and conv models on CUDA;
@@ -223,6 +226,13 @@ class Distiller:
     After :meth:`fit`, ``history`` holds one dict per epoch: ``epoch``, ``train_loss`` (and
     ``train_hard``, ``train_soft``, one entry per term), ``val_loss``, ``val_accuracy``,
     ``seconds``.
+
+    Speed (``benchmarks/README.md``): the per-step losses stay on the device and are read back
+    once per epoch. With the default loss, the first step of each :meth:`fit` runs ``kd_loss``
+    with all its input checks and later steps the same formula without them (they cost a dozen
+    small ops and several host-device synchronisations per step); an epoch whose mean loss is
+    not finite then raises ``ValueError``. Once every sample's logits are cached,
+    ``cache_teacher`` looks them up without checking which are.
     """
 
     def __init__(
@@ -271,9 +281,11 @@ class Distiller:
             freeze(t)
         self.combine_teachers = combine_teachers
 
+        self._default_loss = None  # kd_loss as built here: the one with a fast path
         if loss is None:
             if self.teachers:
                 loss = partial(kd_loss, temperature=temperature, alpha=alpha, return_parts=True)
+                self._default_loss = loss
             else:
                 loss = partial(_supervised_loss, label_smoothing=label_smoothing)
         self.loss = loss
@@ -304,6 +316,9 @@ class Distiller:
             )
         self._cache: torch.Tensor | None = None
         self._cached: torch.Tensor | None = None
+        self._cache_complete = False  # every sample's logits are cached: look up, never check
+        self._loss_checked = False  # set once kd_loss has checked a batch of this fit
+        self._staged = None  # (loader, its x, that loader on the device)
 
         params = self.trainable_parameters()
         if optimizer is None:
@@ -380,14 +395,16 @@ class Distiller:
         if not self.teachers:
             return None
         if self.cache_teacher:
-            assert self._cached is not None and self._cache is not None
-            hit = self._cached[index]
-            if bool(hit.all()):
+            if self._cache is not None and bool(self._cached[index].all()):
                 return self._cache[index]
         with torch.no_grad(), self._autocast():
             outs = [t(x).float() for t in self.teachers]
         logits = outs[0] if len(outs) == 1 else self.combine_teachers(outs)
         if self.cache_teacher:
+            if self._cache is None:  # first batch: now the number of classes is known
+                shape = (self._cache_size, logits.shape[1])
+                self._cache = torch.zeros(shape, device=self.device)
+                self._cached = torch.zeros(self._cache_size, dtype=torch.bool, device=self.device)
             self._cache[index] = logits
             self._cached[index] = True
         return logits.detach()
@@ -410,14 +427,21 @@ class Distiller:
 
         if teacher_taps is not None:
             teacher_taps.clear()
-        teacher_logits = self._teacher_logits(x, index, teacher_taps)
+        if self._cache_complete:  # no teacher pass and no per-step check of the cache
+            teacher_logits = self._cache[index]
+        else:
+            teacher_logits = self._teacher_logits(x, index, teacher_taps)
         if student_taps is not None:
             student_taps.clear()
         with self._autocast():
             student_logits = self.student(x)
         student_logits = student_logits.float()
 
-        out = self.loss(student_logits, teacher_logits, y)
+        if self._loss_checked and self.loss is self._default_loss:
+            out = _kd_loss_unchecked(student_logits, teacher_logits, y, **self.loss.keywords)
+        else:
+            out = self.loss(student_logits, teacher_logits, y)
+            self._loss_checked = True
         parts = {}
         if isinstance(out, KDLossParts):
             total = out.total
@@ -462,6 +486,26 @@ class Distiller:
         if self._cache is not None and self._cache.shape[0] != n:
             self._cache = self._cached = None  # a different dataset: start afresh
         self._cache_size = n
+        self._update_cache_complete()
+
+    def _update_cache_complete(self) -> None:
+        """Note whether every sample's teacher logits are cached (one synchronisation)."""
+        self._cache_complete = self._cached is not None and bool(self._cached.all())
+
+    def _on_device(self, loader):
+        """``loader`` as is, or, on CUDA, a ``TensorLoader`` over host tensors moved to the
+        device once (kept for the next :meth:`fit`) when they take at most a quarter of the
+        free memory: no host-device copy per batch."""
+        if self.device.type != "cuda" or not isinstance(loader, TensorLoader) or loader.x.is_cuda:
+            return loader
+        if self._staged is not None and self._staged[0] is loader and self._staged[1] is loader.x:
+            return self._staged[2]
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if loader.x.nbytes + loader.y.nbytes > free // 4:
+            return loader
+        self._staged = None  # free the previous copy first
+        self._staged = (loader, loader.x, loader.to(self.device))
+        return self._staged[2]
 
     def fit(
         self,
@@ -480,8 +524,8 @@ class Distiller:
         if resume and checkpoint is not None and Path(checkpoint).exists():
             self.load_checkpoint(checkpoint, train_loader)
         self._prepare_cache(train_loader)
-        if self.cache_teacher and self._cache is None:
-            self._allocate_cache(train_loader)
+        self._loss_checked = False
+        train_loader = self._on_device(train_loader)
 
         student_taps = (
             FeatureTaps(self.student, self.student_feature_names)
@@ -507,24 +551,26 @@ class Distiller:
                 for term in self.terms:
                     if isinstance(term, nn.Module):
                         term.train()
-                sums: dict[str, torch.Tensor] = {}
-                seen = 0
+                steps, sizes = [], []  # each step's losses, on the device until the end
                 for batch in train_loader:
-                    parts = self.step(batch, student_taps, teacher_taps)
-                    n = len(batch[1])
-                    for key, value in parts.items():
-                        sums[key] = sums.get(key, 0.0) + value * n
-                    seen += n
+                    steps.append(self.step(batch, student_taps, teacher_taps))
+                    sizes.append(len(batch[1]))
                     bar.update(1)
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self.epoch += 1
                 record = {"epoch": self.epoch}
-                # one host-device synchronisation per epoch, not per step
-                values = torch.stack([sums[k].float() for k in sums]).cpu().tolist() if sums else []
-                for key, value in zip(sums, values):
-                    name = "train_loss" if key == "loss" else f"train_{key}"
-                    record[name] = value / max(seen, 1)
+                record.update(_epoch_means(steps, sizes))
+                if self._default_loss is not None and not math.isfinite(
+                    record.get("train_loss", 0.0)
+                ):
+                    raise ValueError(
+                        f"the distillation loss of epoch {self.epoch} is not finite "
+                        f"({record['train_loss']}): the student diverged (lower the learning "
+                        "rate) or the inputs contain NaN or inf"
+                    )
+                if self.cache_teacher and not self._cache_complete:
+                    self._update_cache_complete()
                 if val_loader is not None:
                     metrics = evaluate(self.student, val_loader, self.device)
                     record["val_loss"] = metrics["loss"]
@@ -547,29 +593,53 @@ class Distiller:
                     taps.remove()
         return self.history
 
-    def _allocate_cache(self, loader) -> None:
-        n = self._cache_size
-        # one teacher pass over a first batch tells the number of classes
-        first = next(iter(loader))
-        x = first[0].to(self.device)
-        with torch.no_grad(), self._autocast():
-            outs = [t(x[:1]).float() for t in self.teachers]
-        num_classes = outs[0].shape[1]
-        self._cache = torch.zeros(n, num_classes, device=self.device)
-        self._cached = torch.zeros(n, dtype=torch.bool, device=self.device)
-
     def evaluate(self, data) -> dict:
         """Accuracy and loss of the student on ``data`` (see :func:`evaluate`)."""
         return evaluate(self.student, data, self.device)
 
 
+def _epoch_means(steps: list[dict], sizes: list[int]) -> dict:
+    """``{"train_<part>": mean}``: each step's loss parts (scalar tensors), weighted by batch
+    size, averaged over the epoch in float64 and read back in one host-device synchronisation
+    (``"loss"`` becomes ``"train_loss"``)."""
+    if not steps:
+        return {}
+    keys = list(dict.fromkeys(k for parts in steps for k in parts))
+    first = steps[0][keys[0]]
+    zero = torch.zeros((), dtype=first.dtype, device=first.device)
+    table = torch.stack([torch.stack([p.get(k, zero) for p in steps]) for k in keys])  # (K, S)
+    weights = torch.tensor(sizes, dtype=torch.float64)
+    means = ((table.cpu().double() @ weights) / max(sum(sizes), 1)).tolist()
+    return {("train_loss" if k == "loss" else f"train_{k}"): m for k, m in zip(keys, means)}
+
+
+def _kd_loss_unchecked(
+    student_logits, teacher_logits, labels, temperature, alpha, return_parts=True
+) -> KDLossParts:
+    """:func:`kdlib.losses.kd_loss` on float32 logits ``(N, C)`` and labels ``(N,)``, without
+    its input checks, so without a host-device synchronisation:
+    ``alpha * CE(y, S) + (1 - alpha) * tau^2 * KL(p_T || p_S)``, KL per sample (batchmean) in
+    log space, CE averaged over the labelled samples (0 when there are none). The Distiller uses
+    it once ``kd_loss`` itself has checked a batch."""
+    tau = temperature
+    log_p_s = F.log_softmax(student_logits / tau, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach() / tau, dim=1)
+    soft = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (tau * tau)
+    hard = _supervised_loss(student_logits, None, labels)
+    return KDLossParts(alpha * hard + (1.0 - alpha) * soft, hard, soft)
+
+
 def _supervised_loss(student_logits, teacher_logits, labels, label_smoothing=0.0):
-    keep = labels != IGNORE_INDEX
-    if not bool(keep.all()):
-        student_logits, labels = student_logits[keep], labels[keep]
-    if len(labels) == 0:
-        return student_logits.sum() * 0.0
-    return F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    """Cross-entropy averaged over the labelled samples, 0 (zero gradient) when none is; a sum
+    and a count, so no host-device synchronisation."""
+    total = F.cross_entropy(
+        student_logits,
+        labels,
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+        reduction="sum",
+    )
+    return total / (labels != IGNORE_INDEX).sum().clamp_min(1)
 
 
 def train_supervised(
