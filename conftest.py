@@ -1,0 +1,12 @@
+"""pytest settings for the whole repository (tests/ and the nbval run over solutions/).
+
+Notebooks run in fast mode under test (their `parameters` cell reads KDLIB_FAST), plots go to
+a non-interactive backend, and progress bars stay quiet. Kernels started by papermill, nbval
+and nbgrader inherit these variables.
+"""
+
+import os
+
+os.environ.setdefault("KDLIB_FAST", "1")
+os.environ.setdefault("MPLBACKEND", "agg")
+os.environ.setdefault("KDLIB_PROGRESS", "0")
