@@ -31,6 +31,10 @@ c.ExecutePreprocessor.kernel_name = "python3"
 c.Execute.timeout = 300
 c.Execute.interrupt_on_timeout = True
 
+# Feedback HTML shows the students' outputs: strip scripts and unsafe HTML from them (and from
+# markdown cells) so that opening a feedback file runs no code written by a student.
+c.HTMLExporter.sanitize_html = True
+
 # What an exercise becomes in the release.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"

@@ -16,14 +16,16 @@ The class (nbgrader layout ``<student>/<assignment>/<notebook>.ipynb``):
     eve  01: square loops forever           (test_square cut at the timeout, -3)
          02: a loop that ignores interrupts (kernel killed: 0, reported)
     fox  01: corrupted file (not JSON)      (reported, not in the CSV); 02: solution
-    gus  01: solution under another file name (renamed, full marks)
+    gus  01: solution under another file name (renamed, full marks), printing a <script>
     hal  a folder for 01 with no notebook   (reported)
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -60,16 +62,31 @@ EXPECTED = {
     ("fox", A2): (3, {"test_mean": 2, "test_argmax": 1}),
 }
 MAX = {A1: 5, A2: 3}
+XSS = ("from IPython.display import HTML, display\n"
+       "display(HTML('<b id=\"gus\">hi</b><script>alert(\"gus\")</script>'))")
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def kdlib_grade(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run the real command line, as an instructor would."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "kdlib", "grade", *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=600)
+def kdlib_grade(*args, cwd: Path, in_process: bool = False) -> subprocess.CompletedProcess:
+    """Run ``kdlib grade ARGS`` from ``cwd``: as a new process, as an instructor would, or in
+    this one through the same entry point (saves the seconds nbgrader takes to import)."""
+    argv = ["grade", *map(str, args)]
+    if not in_process:
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        return subprocess.run([sys.executable, "-m", "kdlib", *argv], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=900)
+    from kdlib.cli import main
+
+    out, err, here = io.StringIO(), io.StringIO(), Path.cwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def set_cell(nb, grade_id: str, source: str) -> None:
@@ -173,7 +190,9 @@ def write_class(course: Path, folder: Path) -> None:
     (folder / "fox" / A1 / f"{A1}.ipynb").write_text('{"cells": [ this is not json', "utf-8")
     put("fox", A2, src(A2))
 
-    put("gus", A1, src(A1), f"{A1} (1).ipynb")
+    nb = src(A1)  # an answer cell whose output carries a script
+    set_cell(nb, "add_answer", cell_by_id(nb, "add_answer").source + "\n" + XSS)
+    put("gus", A1, nb, f"{A1} (1).ipynb")
 
     (folder / "hal" / A1).mkdir(parents=True)
     (folder / "hal" / A1 / "notes.txt").write_text("forgot to attach the notebook\n", "utf-8")
@@ -191,7 +210,7 @@ def graded(course, tmp_path_factory):
     first = kdlib_grade(*args, cwd=course)
     first_csv = (out / "grades.csv").read_bytes()
     first_issues = (out / "issues.csv").read_bytes()
-    second = kdlib_grade(*args, cwd=course)
+    second = kdlib_grade(*args, cwd=course, in_process=True)
     after = tree_digest(course / "notebooks"), tree_digest(course / "solutions")
     return {
         "course": course, "subs": subs, "out": out, "first": first, "second": second,
@@ -342,6 +361,14 @@ def test_feedback_html_for_each_graded_student(graded):
         assert f"Score: {float(score):.1f} / {float(MAX[assignment]):.1f}" in text, student
 
 
+def test_feedback_html_is_sanitized(graded):
+    """nbgrader_config.py sets HTMLExporter.sanitize_html: a student's output cannot put a
+    script into the feedback file an instructor or a student opens."""
+    html = (graded["out"] / "feedback" / "gus" / A1 / f"{A1}.html").read_text(encoding="utf-8")
+    assert ">hi</b>" in html  # the output is there, its script is not
+    assert '<script>alert("gus")' not in html
+
+
 def test_grading_leaves_the_course_folder_alone(graded):
     assert graded["repo_after"] == graded["repo_before"]
     leftovers = [p for p in (graded["course"] / "grading").rglob("*")]
@@ -362,7 +389,7 @@ def test_flat_layout_with_a_database_url(course, tmp_path):
     out = tmp_path / "out"
     run = kdlib_grade(A1, "--submissions", subs, "--out", out, "--db", f"sqlite:///{db}",
                       "--course-dir", course, "--no-feedback", "--timeout", TIMEOUT,
-                      cwd=tmp_path)
+                      cwd=tmp_path, in_process=True)
     assert run.returncode == 1, run.stdout + run.stderr
     assert str(subs / "99_nope") in run.stderr
     rows = read_csv(out / "grades.csv")
