@@ -280,6 +280,13 @@ class Distiller:
                 t.to(memory_format=torch.channels_last)
             freeze(t)
         self.combine_teachers = combine_teachers
+        # a teacher ensemble mixes soft targets at its own tau: it must be the loss's tau
+        combine_tau = getattr(combine_teachers, "temperature", None)
+        if loss is None and combine_tau is not None and float(combine_tau) != float(temperature):
+            raise ValueError(
+                f"combine_teachers mixes the teachers at temperature {combine_tau:g} but the "
+                f"Distiller's temperature is {temperature:g}: use the same tau for both"
+            )
 
         self._default_loss = None  # kd_loss as built here: the one with a fast path
         if loss is None:
