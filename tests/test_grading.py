@@ -432,3 +432,44 @@ def test_default_out_is_where_the_course_config_puts_nbgrader_folders():
     assert REPO / cd.feedback_directory == out / "feedback"
     assert cd.db_url == f"sqlite:///{out / 'gradebook.db'}"
     assert 0 < cfg.Execute.timeout <= 3600 and cfg.Execute.interrupt_on_timeout
+
+
+def released_course_assignments() -> list[str]:
+    """Assignments of the real course with both a solution and a release."""
+    release = REPO / "notebooks"
+    if not release.is_dir():
+        return []
+    return sorted(d.name for d in release.iterdir()
+                  if d.is_dir() and list(d.glob("*.ipynb"))
+                  and (REPO / "solutions" / d.name).is_dir())
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_real_course_assignments_solution_full_release_zero(tmp_path):
+    """Two real assignments graded from the repository itself (fast mode: nbgrader sets
+    NBGRADER_EXECUTION, which the notebooks' parameters cell reads): the solution gets full
+    marks, the untouched release 0."""
+    names = released_course_assignments()[:2]
+    if len(names) < 2:
+        pytest.skip("fewer than two course assignments are released in notebooks/ yet")
+    subs = tmp_path / "subs"
+    for name in names:
+        for student, folder in (("ada", "solutions"), ("bob", "notebooks")):
+            shutil.copytree(REPO / folder / name, subs / student / name,
+                            ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    out = tmp_path / "out"
+    run = kdlib_grade(*names, "--submissions", subs, "--out", out, "--course-dir", REPO,
+                      cwd=tmp_path, in_process=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = {(r["student"], r["assignment"]): r for r in read_csv(out / "grades.csv")}
+    assert set(rows) == {(s, a) for s in ("ada", "bob") for a in names}
+    for name in names:
+        solution, release = rows[("ada", name)], rows[("bob", name)]
+        assert float(solution["max_score"]) > 0
+        assert float(solution["score"]) == float(solution["max_score"]), solution
+        assert float(release["score"]) == 0, release
+        cells = [k for k in release if k.startswith(name + ":")]
+        assert cells and all(float(release[k]) == 0 for k in cells)
+    kinds = {i["issue"] for i in read_csv(out / "issues.csv")}
+    assert not kinds & {"locked-cell-modified", "cell-timeout", "autograde-failed"}, kinds
