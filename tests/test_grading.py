@@ -400,6 +400,14 @@ def test_flat_layout_with_a_database_url(course, tmp_path):
         assert gb.find_submission(A1, "ada").score == 5
     assert (out / "submitted" / "bob" / A1 / f"{A1}.ipynb").is_file()
     assert not (out / "feedback").exists()
+    # what `nbgrader collect` leaves in <out>/submitted is graded in place, nothing deleted
+    kept = tree_digest(out / "submitted")
+    run = kdlib_grade(A1, "--submissions", out / "submitted", "--out", out, "--db",
+                      f"sqlite:///{db}", "--course-dir", course, "--no-feedback",
+                      "--timeout", TIMEOUT, cwd=tmp_path, in_process=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert read_csv(out / "grades.csv") == rows
+    assert tree_digest(out / "submitted") == kept
 
 
 def test_usage_errors_exit_2(course, tmp_path, monkeypatch, capsys):
