@@ -234,6 +234,7 @@ def issues_of(graded, student, assignment, kind):
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_command_reports_bad_input_and_exits_1(graded):
     for run in (graded["first"], graded["second"]):
         assert run.returncode == 1, run.stdout + run.stderr
@@ -246,6 +247,7 @@ def test_command_reports_bad_input_and_exits_1(graded):
         assert "no notebook" in err
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_csv_has_every_other_student_with_the_right_scores(graded):
     rows = graded["rows"]
     assert list(rows[0])[:4] == ["student", "assignment", "score", "max_score"]
@@ -262,6 +264,7 @@ def test_csv_has_every_other_student_with_the_right_scores(graded):
         assert all(v == "" for k, v in r.items() if k.startswith(other + ":"))
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_solution_full_marks_and_untouched_release_zero(graded):
     for assignment in (A1, A2):
         assert float(row(graded, "ada", assignment)["score"]) == MAX[assignment]
@@ -270,6 +273,7 @@ def test_solution_full_marks_and_untouched_release_zero(graded):
         assert all(float(v) == 0 for k, v in release.items() if k.startswith(assignment + ":"))
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_one_wrong_exercise_loses_exactly_its_points(graded):
     cyd = row(graded, "cyd", A1)
     assert float(cyd["score"]) == MAX[A1] - 3
@@ -284,6 +288,7 @@ def test_one_wrong_exercise_loses_exactly_its_points(graded):
     assert any(o.output_type == "error" and o.ename == "AssertionError" for o in test.outputs)
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_edited_locked_test_cell_is_restored_and_flagged(graded):
     dee = row(graded, "dee", A1)
     assert float(dee[f"{A1}:test_add"]) == 0
@@ -310,6 +315,7 @@ def test_edited_locked_test_cell_is_restored_and_flagged(graded):
     assert "Attribute 'checksum' for cell test_add has changed" in log
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_infinite_loop_is_cut_and_the_class_still_graded(graded):
     # a plain loop: the kernel is interrupted at the per-cell timeout, the notebook goes on
     eve = row(graded, "eve", A1)
@@ -330,6 +336,7 @@ def test_infinite_loop_is_cut_and_the_class_still_graded(graded):
     assert float(row(graded, "fox", A2)["score"]) == MAX[A2]
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_corrupted_notebook_reported_by_name_and_left_out(graded):
     bad = issues_of(graded, "fox", A1, "invalid-notebook")
     assert len(bad) == 1
@@ -340,6 +347,7 @@ def test_corrupted_notebook_reported_by_name_and_left_out(graded):
     assert not (graded["out"] / "submitted" / "fox" / A1).exists()
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_rerun_gives_the_same_csv_and_no_duplicates(graded):
     out = graded["out"]
     assert (out / "grades.csv").read_bytes() == graded["first_csv"]
@@ -350,6 +358,7 @@ def test_rerun_gives_the_same_csv_and_no_duplicates(graded):
             assert sorted(students) == sorted(s for s, a in EXPECTED if a == assignment)
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_feedback_html_for_each_graded_student(graded):
     for (student, assignment), (score, _) in EXPECTED.items():
         html = graded["out"] / "feedback" / student / assignment / f"{assignment}.html"
@@ -361,6 +370,7 @@ def test_feedback_html_for_each_graded_student(graded):
         assert f"Score: {float(score):.1f} / {float(MAX[assignment]):.1f}" in text, student
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_feedback_html_is_sanitized(graded):
     """nbgrader_config.py sets HTMLExporter.sanitize_html: a student's output cannot put a
     script into the feedback file an instructor or a student opens."""
@@ -369,6 +379,7 @@ def test_feedback_html_is_sanitized(graded):
     assert '<script>alert("gus")' not in html
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_grading_leaves_the_course_folder_alone(graded):
     assert graded["repo_after"] == graded["repo_before"]
     leftovers = [p for p in (graded["course"] / "grading").rglob("*")]
@@ -376,6 +387,7 @@ def test_grading_leaves_the_course_folder_alone(graded):
     assert not (graded["course"] / "gradebook.db").exists()
 
 
+@pytest.mark.notebooks  # starts Jupyter kernels
 def test_flat_layout_with_a_database_url(course, tmp_path):
     subs = tmp_path / "flat"
     (subs / A1).mkdir(parents=True)
