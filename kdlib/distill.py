@@ -228,7 +228,7 @@ class Distiller:
     ``seconds``.
 
     Speed (``benchmarks/README.md``): the per-step losses stay on the device and are read back
-    once per epoch. With the default loss, the first step of each :meth:`fit` runs ``kd_loss``
+    once per epoch. With the default loss, the first step on a new loader runs ``kd_loss``
     with all its input checks and later steps the same formula without them (they cost a dozen
     small ops and several host-device synchronisations per step); an epoch whose mean loss is
     not finite then raises ``ValueError``. Once every sample's logits are cached,
@@ -324,7 +324,9 @@ class Distiller:
         self._cache: torch.Tensor | None = None
         self._cached: torch.Tensor | None = None
         self._cache_complete = False  # every sample's logits are cached: look up, never check
-        self._loss_checked = False  # set once kd_loss has checked a batch of this fit
+        self._loss_checked = False  # kd_loss has checked a batch of the current loader
+        self._checked_loader = None  # that loader
+        self._all_labelled = False  # no label of that loader is IGNORE_INDEX
         self._staged = None  # (loader, its x, that loader on the device)
 
         params = self.trainable_parameters()
@@ -435,7 +437,7 @@ class Distiller:
         if teacher_taps is not None:
             teacher_taps.clear()
         if self._cache_complete:  # no teacher pass and no per-step check of the cache
-            teacher_logits = self._cache[index]
+            teacher_logits = self._cache.index_select(0, index)
         else:
             teacher_logits = self._teacher_logits(x, index, teacher_taps)
         if student_taps is not None:
@@ -445,7 +447,9 @@ class Distiller:
         student_logits = student_logits.float()
 
         if self._loss_checked and self.loss is self._default_loss:
-            out = _kd_loss_unchecked(student_logits, teacher_logits, y, **self.loss.keywords)
+            out = _kd_loss_unchecked(
+                student_logits, teacher_logits, y, self._all_labelled, **self.loss.keywords
+            )
         else:
             out = self.loss(student_logits, teacher_logits, y)
             self._loss_checked = True
@@ -531,8 +535,13 @@ class Distiller:
         if resume and checkpoint is not None and Path(checkpoint).exists():
             self.load_checkpoint(checkpoint, train_loader)
         self._prepare_cache(train_loader)
-        self._loss_checked = False
         train_loader = self._on_device(train_loader)
+        if train_loader is not self._checked_loader:  # new data: check its first batch
+            self._loss_checked = False
+            self._checked_loader = train_loader
+            self._all_labelled = isinstance(train_loader, TensorLoader) and not bool(
+                (train_loader.y == IGNORE_INDEX).any()
+            )
 
         student_taps = (
             FeatureTaps(self.student, self.student_feature_names)
@@ -621,18 +630,22 @@ def _epoch_means(steps: list[dict], sizes: list[int]) -> dict:
 
 
 def _kd_loss_unchecked(
-    student_logits, teacher_logits, labels, temperature, alpha, return_parts=True
+    student_logits, teacher_logits, labels, all_labelled, temperature, alpha, return_parts=True
 ) -> KDLossParts:
     """:func:`kdlib.losses.kd_loss` on float32 logits ``(N, C)`` and labels ``(N,)``, without
     its input checks, so without a host-device synchronisation:
     ``alpha * CE(y, S) + (1 - alpha) * tau^2 * KL(p_T || p_S)``, KL per sample (batchmean) in
-    log space, CE averaged over the labelled samples (0 when there are none). The Distiller uses
-    it once ``kd_loss`` itself has checked a batch."""
+    log space, CE averaged over the labelled samples (0 when there are none; ``all_labelled``
+    says the data has no unlabelled sample, which saves counting them). The Distiller uses it
+    once ``kd_loss`` itself has checked a batch; its teacher logits carry no gradient."""
     tau = temperature
     log_p_s = F.log_softmax(student_logits / tau, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.detach() / tau, dim=1)
+    log_p_t = F.log_softmax(teacher_logits / tau, dim=1)
     soft = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (tau * tau)
-    hard = _supervised_loss(student_logits, None, labels)
+    if all_labelled:
+        hard = F.cross_entropy(student_logits, labels, ignore_index=IGNORE_INDEX)
+    else:
+        hard = _supervised_loss(student_logits, None, labels)
     return KDLossParts(alpha * hard + (1.0 - alpha) * soft, hard, soft)
 
 
