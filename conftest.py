@@ -10,3 +10,6 @@ import os
 os.environ.setdefault("KDLIB_FAST", "1")
 os.environ.setdefault("MPLBACKEND", "agg")
 os.environ.setdefault("KDLIB_PROGRESS", "0")
+# Tiny models gain nothing from several threads, and on a busy machine OpenMP threads waiting for
+# each other slow training several-fold: one thread per process under test.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
