@@ -2,11 +2,17 @@
 
 Modules, each named for what it holds:
 
-- ``kdlib.losses``   response-based losses: softmax with temperature, ``kd_loss``, logit matching
+- ``kdlib.losses``   response-based losses: softmax with temperature, ``kd_loss``, logit matching,
+                     decoupled KD (``dkd_loss``)
+- ``kdlib.features`` feature taps (forward hooks), FitNets hints, attention transfer
+- ``kdlib.relations`` relation-based losses: RKD (distances, angles), similarity-preserving
+- ``kdlib.multi_teacher``, ``kdlib.online``, ``kdlib.self_distill``: several teachers, deep
+                     mutual learning, born-again generations
 - ``kdlib.data``     the embedded digits dataset, torchvision datasets, transfer-set helpers
 - ``kdlib.models``   MLPs, small CNNs and the CIFAR ResNets of the KD literature
 - ``kdlib.distill``  device and seed helpers, ``freeze``, ``train_supervised``, ``Distiller``
 - ``kdlib.metrics``  accuracy, agreement, calibration, teacher-to-student KL
+- ``kdlib.efficiency`` parameters, latency, throughput and activation memory
 - ``kdlib.report``   the small JSON files in which notebooks leave their headline figures
 """
 
