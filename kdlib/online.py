@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdlib.distill import evaluate, pick_device
+from kdlib.distill import _adam, evaluate, pick_device
 from kdlib.losses import _check_alpha, _check_temperature, check_logits, hard_loss, soft_loss
 
 __all__ = ["dml_losses", "mutual_learning"]
@@ -107,7 +107,8 @@ def mutual_learning(
         epochs: passes over ``train_loader``.
         val_loader: evaluated after each epoch for each student (accuracy, loss at tau = 1).
         temperature, alpha: of :func:`dml_losses` (alpha weights the hard term).
-        lr, weight_decay: of the default optimiser, one ``Adam`` per student.
+        lr, weight_decay: of the default optimiser, one ``Adam`` per student (fused where the
+            device has a fused kernel, as in the Distiller).
         optimizer: a factory ``params -> torch.optim.Optimizer``, called once per student.
         device: where to train (default :func:`kdlib.distill.pick_device`).
         progress: a tqdm bar (``KDLIB_PROGRESS=0`` turns it off).
@@ -127,9 +128,7 @@ def mutual_learning(
     device = pick_device(device if device is not None else "auto")
     for s in students:
         s.to(device)
-    make_optimizer = optimizer or (
-        lambda params: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    )
+    make_optimizer = optimizer or (lambda params: _adam(params, lr, weight_decay))
     optimizers = [make_optimizer([p for p in s.parameters() if p.requires_grad]) for s in students]
     histories: list[list[dict]] = [[] for _ in students]
     show = progress and os.environ.get("KDLIB_PROGRESS", "1") != "0"
