@@ -13,9 +13,10 @@ up to a factor of two (which Adam does not see). The KL term is :func:`kdlib.los
 
 The paper updates the students in turn (student 1 steps, then the predictions are recomputed
 for student 2). Here every student steps at once from the same forward pass: one forward per
-student per batch instead of ``K``, and with ``K = 2`` the paper reports the two schemes perform
-alike. Because each peer is detached in ``L_i``, the gradient of ``sum_i L_i`` with respect to
-student ``i``'s parameters is the gradient of ``L_i`` alone, so one ``backward`` serves all.
+student per batch instead of ``K``, each student learning from its peers' predictions before
+their step (a simultaneous rather than alternating update). Because each peer is detached in
+``L_i``, the gradient of ``sum_i L_i`` with respect to student ``i``'s parameters is the
+gradient of ``L_i`` alone, so one ``backward`` serves all.
 """
 
 from __future__ import annotations
