@@ -21,11 +21,6 @@ from kdlib.metrics import mean_std
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return data.load_digits(seed=0)
-
-
-@pytest.fixture(scope="module")
 def teacher(digits):
     """A small CNN teacher trained on the full training split with shift augmentation."""
     seed_everything(0)

@@ -11,14 +11,6 @@ from kdlib.distill import Batch, Distiller, seed_everything, train_supervised
 from kdlib.losses import DKDLossParts, DKDTerm, dkd_loss, kl_divergence
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tensors(n=5, c=6, seed=0, scale=2.0):
     g = torch.Generator().manual_seed(seed)
     s = torch.randn(n, c, generator=g) * scale

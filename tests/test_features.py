@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlib import data, models
-from kdlib.distill import Batch, Distiller, seed_everything, train_supervised
+from kdlib import models
+from kdlib.distill import Batch, Distiller, seed_everything
 from kdlib.features import (
     AttentionTerm,
     FeatureTaps,
@@ -27,29 +27,9 @@ def _hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) for m in model.modules())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def digits():
-    return data.load_digits(seed=0)
-
-
-@pytest.fixture(scope="module")
-def teacher(digits):
-    """SmallCNN(width=16), trained briefly: block1 (16, 4, 4), block2 (32, 2, 2), pool (32,)."""
-    seed_everything(0)
-    model = models.SmallCNN(width=16)
-    train_supervised(
-        model, digits.train.loader(64, shuffle=True), epochs=3, lr=3e-3, progress=False
-    )
-    return model
+def teacher(quick_teacher):
+    return quick_teacher
 
 
 # --- FeatureTaps ------------------------------------------------------------------------------

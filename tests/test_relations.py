@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlib import data, models
-from kdlib.distill import Batch, Distiller, seed_everything, train_supervised
+from kdlib import models
+from kdlib.distill import Batch, Distiller, seed_everything
 from kdlib.relations import (
     RelationTerm,
     pairwise_distances,
@@ -19,27 +19,9 @@ from kdlib.relations import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def digits():
-    return data.load_digits(seed=0)
-
-
-@pytest.fixture(scope="module")
-def teacher(digits):
-    seed_everything(0)
-    model = models.SmallCNN(width=16)
-    train_supervised(
-        model, digits.train.loader(64, shuffle=True), epochs=3, lr=3e-3, progress=False
-    )
-    return model
+def teacher(quick_teacher):
+    return quick_teacher
 
 
 def _huber(x: float) -> float:
