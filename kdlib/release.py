@@ -10,8 +10,8 @@
 What it does, per assignment:
 
 1. *Cleans the solution* (``solutions/<a>/<a>.ipynb``): removes every output and execution
-   count except the outputs of cells whose first line is ``# NBVAL_CHECK_OUTPUT`` (nbval compares
-   those), and drops run-time metadata (papermill's, execution timings), so that the
+   count except the outputs (and a fixed execution count of 1) of cells whose first line is
+   ``# NBVAL_CHECK_OUTPUT`` (nbval compares those), and drops run-time metadata (papermill's, execution timings), so that the
    committed notebooks do not change from one run to the next.
 2. *Generates the release* with nbgrader's ``generate_assignment`` in a temporary course folder
    (the course's own gradebook is not touched): solution regions become
@@ -80,10 +80,13 @@ def clean_solution(nb, keep_from=None):
             cell.metadata.pop(key, None)
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
         if not _checked(cell):
+            cell.execution_count = None
             cell.outputs = []
             continue
+        # nbval refuses a stored output whose cell has no execution count ("unrun reference
+        # cell has outputs"): checked cells get a fixed one, so the file stays the same
+        cell.execution_count = 1
         if executed:
             match = executed.get(cell.get("id")) or executed.get(cell.source)
             if match is None:
@@ -91,7 +94,7 @@ def clean_solution(nb, keep_from=None):
             cell.outputs = copy.deepcopy(match.outputs)
         for output in cell.outputs:
             if "execution_count" in output:
-                output.execution_count = None
+                output.execution_count = 1
     nb.metadata = nbformat.from_dict(
         {
             "kernelspec": KERNELSPEC,

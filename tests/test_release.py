@@ -28,7 +28,8 @@ def test_clean_solution_keeps_only_checked_outputs():
     nb.cells = [kept, dropped]
     nb.metadata["papermill"] = {"parameters": {}}
     clean = clean_solution(nb)
-    assert clean.cells[0].outputs[0].text == "1\n" and clean.cells[0].execution_count is None
+    assert clean.cells[0].outputs[0].text == "1\n" and clean.cells[0].execution_count == 1
+    assert clean.cells[1].execution_count is None
     assert clean.cells[1].outputs == [] and "papermill" not in clean.cells[1].metadata
     assert set(clean.metadata) == {"kernelspec", "language_info"}
     # outputs can be taken from an executed copy
