@@ -11,7 +11,8 @@ What it does, per assignment:
 
 1. *Cleans the solution* (``solutions/<a>/<a>.ipynb``): removes every output and execution
    count except the outputs (and a fixed execution count of 1) of cells whose first line is
-   ``# NBVAL_CHECK_OUTPUT`` (nbval compares those), and drops run-time metadata (papermill's, execution timings), so that the
+   ``# NBVAL_CHECK_OUTPUT`` (nbval compares those), and drops run-time metadata (papermill's,
+   execution timings), so that the
    committed notebooks do not change from one run to the next.
 2. *Generates the release* with nbgrader's ``generate_assignment`` in a temporary course folder
    (the course's own gradebook is not touched): solution regions become
