@@ -231,3 +231,103 @@ def model_size_bytes(model: nn.Module) -> int:
     """Bytes taken by the model's parameters and buffers (e.g. BatchNorm statistics)."""
     tensors = list(model.parameters()) + list(model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class _CausalSelfAttention(nn.Module):
+    """Multi-head self-attention in which position ``t`` sees positions ``0..t`` only."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.n_heads, self.dropout = n_heads, dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(2)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, heads, T, d / heads)
+        y = nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class _DecoderBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(LN(x))``, then ``x + MLP(LN(x))``."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = _CausalSelfAttention(d_model, n_heads, dropout)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model),
+            nn.GELU(),
+            nn.Linear(4 * d_model, d_model),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyGPT(nn.Module):
+    """A small decoder-only transformer language model (GPT-style), for teachers and students.
+
+    Token and learned position embeddings, ``n_layers`` pre-norm blocks of causal
+    self-attention (``F.scaled_dot_product_attention`` with ``is_causal=True``) and a 4x MLP,
+    a final LayerNorm, and an output layer that shares its weight with the token embedding
+    (weight tying). Width ``d_model`` and depth ``n_layers`` are the size knobs.
+
+    Input: token ids ``(B, T)`` (int64, ``T <= context``). Output: next-token logits
+    ``(B, T, vocab_size)``; the logits at position ``t`` depend on tokens ``0..t`` only.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context: int = 32,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.vocab_size, self.context = vocab_size, context
+        self.d_model, self.n_layers, self.n_heads = d_model, n_layers, n_heads
+        self.tok = nn.Embedding(vocab_size, d_model)
+        self.pos = nn.Embedding(context, d_model)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            [_DecoderBlock(d_model, n_heads, dropout) for _ in range(n_layers)]
+        )
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.head.weight = self.tok.weight  # weight tying
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape (B, T), got {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.context:
+            raise ValueError(
+                f"sequence of {tokens.shape[1]} tokens is longer than the context "
+                f"({self.context})"
+            )
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.drop(self.tok(tokens) + self.pos(positions))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+__all__ += ["TinyGPT"]
