@@ -13,7 +13,10 @@ Modules, each named for what it holds:
 - ``kdlib.distill``  device and seed helpers, ``freeze``, ``train_supervised``, ``Distiller``
 - ``kdlib.metrics``  accuracy, agreement, calibration, teacher-to-student KL
 - ``kdlib.efficiency`` parameters, latency, throughput and activation memory
-- ``kdlib.report``   the small JSON files in which notebooks leave their headline figures
+
+The course machinery (``kdlib course run``, ``kdlib grade``, ``kdlib release``, the results files
+the notebooks write) is the subpackage ``kdlib.course``; it needs the ``course`` extra, and no
+module above imports it.
 """
 
 __version__ = "0.1.0"

@@ -1,3 +1,3 @@
-from kdlib.cli import main
+from kdlib.course.cli import main
 
 raise SystemExit(main())

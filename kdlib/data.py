@@ -442,21 +442,3 @@ def omit_classes(split: Split, classes: Sequence[int]) -> Split:
     for c in classes:
         keep &= split.y != c
     return split.subset(torch.nonzero(keep).flatten())
-
-
-# --- `kdlib data download NAME` -----------------------------------------------------------
-
-
-def add_arguments(parser, path) -> None:
-    parser.add_argument("name", choices=sorted(DATASETS), help="dataset to fetch")
-    parser.add_argument("--root", default=None, help="folder to store it in (default: data/)")
-
-
-def main(args) -> int:
-    try:
-        where = download(args.name, args.root)
-    except FileNotFoundError as err:
-        print(err)
-        return 1
-    print(f"{args.name} is in {where}")
-    return 0

@@ -14,10 +14,11 @@ import time
 import nbformat
 import pytest
 
-from kdlib import course
-from kdlib.cli import main as kdlib_main
+from kdlib.course import report
+from kdlib.course import run as course
+from kdlib.course.cli import main as kdlib_main
 
-IMPORTS = "import os\nimport time\n\nimport kdlib.report"
+IMPORTS = "import os\nimport time\n\nimport kdlib.course.results"
 PARAMETERS = """\
 device = "auto"        # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps"
 dataset = "digits"     # digits (embedded, offline) | mnist | fashion_mnist | cifar10 | cifar100
@@ -39,7 +40,7 @@ def write_notebook(folder, stem, body, extra_parameters="", figures="{}"):
         params,
         *(nbformat.v4.new_code_cell(source) for source in body),
         nbformat.v4.new_code_cell(
-            f"kdlib.report.save_results({stem!r}, {figures}, results_dir)"
+            f"kdlib.course.results.save_results({stem!r}, {figures}, results_dir)"
         ),
     ]
     nb = nbformat.v4.new_notebook(cells=cells)
@@ -122,7 +123,7 @@ def test_index_escapes_text(tmp_path):
         error={"cell": 2, "execution_count": 3, "cell_source": "<script>alert(1)</script>",
                "ename": "ValueError", "evalue": "<img src=x onerror=alert(1)>"},
     )
-    page = course.render_index(course.CourseRun(out=str(tmp_path), options={}, notebooks=[bad]))
+    page = report.render_index(course.CourseRun(out=str(tmp_path), options={}, notebooks=[bad]))
     assert "<script>" not in page and "<img src=x" not in page and "<b>" not in page
     assert "&lt;script&gt;" in page and "05_&lt;b&gt;" in page and "cell 2 (In [3])" in page
 

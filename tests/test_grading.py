@@ -77,7 +77,7 @@ def kdlib_grade(*args, cwd: Path, in_process: bool = False) -> subprocess.Comple
         env = dict(os.environ, PYTHONWARNINGS="ignore")
         return subprocess.run([sys.executable, "-m", "kdlib", *argv], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=900)
-    from kdlib.cli import main
+    from kdlib.course.cli import main
 
     out, err, here = io.StringIO(), io.StringIO(), Path.cwd()
     os.chdir(cwd)
@@ -423,7 +423,7 @@ def test_flat_layout_with_a_database_url(course, tmp_path):
 
 
 def test_usage_errors_exit_2(course, tmp_path, monkeypatch, capsys):
-    from kdlib.cli import main
+    from kdlib.course.cli import main
 
     (tmp_path / "subs").mkdir()
     assert main(["grade", "07_nope", "--submissions", str(tmp_path / "subs"),

@@ -15,8 +15,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kdlib.course import run_course
-from kdlib.release import CHECK_MARK, check
+from kdlib.course.release import CHECK_MARK, check
+from kdlib.course.run import run_course
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb"))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import nbformat
 
-from kdlib.cli import main
-from kdlib.release import CHECK_MARK, clean_solution, release
+from kdlib.course.cli import main
+from kdlib.course.release import CHECK_MARK, clean_solution, release
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "grading"

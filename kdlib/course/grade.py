@@ -717,6 +717,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from kdlib.cli import main as cli_main
+    from kdlib.course.cli import main as cli_main
 
     raise SystemExit(cli_main(["grade", *sys.argv[1:]]))

@@ -48,7 +48,7 @@ __all__ = [
 def _root(course_dir: str | Path | None) -> Path:
     if course_dir is not None:
         return Path(course_dir).resolve()
-    from kdlib.course import find_repo_root
+    from kdlib.course.run import find_repo_root
 
     return find_repo_root()
 
@@ -141,7 +141,7 @@ def generate_releases(names: list[str], course_dir: str | Path | None = None) ->
     from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
 
-    from kdlib.grading import _ensure_alembic_on_path, load_course_config
+    from kdlib.course.grade import _ensure_alembic_on_path, load_course_config
 
     _ensure_alembic_on_path()  # nbgrader runs the `alembic` command of this environment
     root = _root(course_dir)

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import html
-import json
 import os
 import platform
 import re
@@ -36,6 +34,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from kdlib.course.report import format_figures, write_report
 
 __all__ = [
     "CourseRun",
@@ -366,7 +366,7 @@ def run_notebook(
 
     if results_file is not None and results_file.exists():
         try:
-            from kdlib.report import load_results
+            from kdlib.course.results import load_results
 
             result.figures = load_results(results_file)
         except (ValueError, KeyError, TypeError) as exc:
@@ -394,26 +394,6 @@ def _render_html(notebook: Path) -> Path:
 
 
 # ------------------------------------------------------------------ the whole run
-
-
-def _format_value(value) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        inner = ", ".join(_format_value(v) for v in value[:4])
-        return f"[{inner}{', ...' if len(value) > 4 else ''}]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_format_value(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-def format_figures(figures: dict | None) -> str:
-    """``name=value`` pairs, floats to 4 significant digits."""
-    if not figures:
-        return ""
-    return "  ".join(f"{k}={_format_value(v)}" for k, v in figures.items())
 
 
 def summary_line(result: NotebookResult) -> str:
@@ -540,134 +520,6 @@ def run_course(
         run.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         write_report(run)
     return run
-
-
-# ------------------------------------------------------------------------ report
-
-
-def write_report(run: CourseRun) -> None:
-    """Write ``results.json`` and ``index.html`` into the run's output folder."""
-    out = Path(run.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(run.to_dict(), indent=2) + "\n")
-    (out / "index.html").write_text(render_index(run), encoding="utf-8")
-
-
-def _images(notebook: Path, limit: int = 40) -> list[tuple[str, str]]:
-    """``(mime, base64 data)`` of the images a notebook displayed, in order."""
-    try:
-        import nbformat
-
-        nb = nbformat.read(str(notebook), as_version=4)
-    except Exception:  # noqa: BLE001
-        return []
-    images = []
-    for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            for mime in ("image/png", "image/jpeg"):
-                if mime in data:
-                    images.append((mime, "".join(data[mime]).replace("\n", "")))
-                    break
-    return images[:limit]
-
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-.ok { color: #1a7f37; font-weight: bold; }
-.failed, .timeout, .interrupted { color: #cf222e; font-weight: bold; }
-.skipped, .pending, .running { color: #777; }
-pre { background: #f6f8fa; padding: .5em; white-space: pre-wrap; margin: .3em 0; }
-img { max-width: 100%; border: 1px solid #eee; margin: .3em; }
-.warning { color: #9a6700; }
-section { margin-top: 2.5em; }
-"""
-
-
-def render_index(run: CourseRun) -> str:
-    """The self-contained ``index.html`` of a run (all text escaped, images embedded)."""
-    e = html.escape
-    counts = ", ".join(f"{n} {status}" for status, n in run.counts().items())
-    verdict = "all notebooks ran" if run.ok else "some notebooks did not run through"
-    rows, sections = [], []
-    for nb in run.notebooks:
-        anchor = f"nb-{e(nb.name)}"
-        links = []
-        if nb.html:
-            links.append(f'<a href="{e(nb.html)}">html</a>')
-        if nb.output:
-            links.append(f'<a href="{e(nb.output)}">ipynb</a>')
-        seconds = "" if nb.seconds is None else f"{nb.seconds:.1f} s"
-        detail = e(format_figures(nb.figures))
-        if nb.error:
-            detail = _error_html(nb.error)
-        rows.append(
-            f'<tr><td><a href="#{anchor}">{e(nb.name)}</a></td>'
-            f'<td class="{e(nb.status)}">{e(nb.status)}</td><td>{seconds}</td>'
-            f"<td>{' '.join(links)}</td><td>{detail}</td></tr>"
-        )
-        heading = f'<h2>{e(nb.name)} <span class="{e(nb.status)}">{e(nb.status)}</span></h2>'
-        parts = [f'<section id="{anchor}">{heading}']
-        if links:
-            parts.append(f"<p>Executed notebook: {' | '.join(links)}</p>")
-        if nb.error:
-            parts.append(_error_html(nb.error))
-        for warning in nb.warnings:
-            parts.append(f'<p class="warning">warning: {e(warning)}</p>')
-        if nb.parameters:
-            params = ", ".join(
-                f"{e(k)}={e(repr(v))}" for k, v in nb.parameters.items() if k != "results_dir"
-            )
-            parts.append(f"<p>Parameters: <code>{params}</code></p>")
-        if nb.figures:
-            parts.append("<table><tr><th>figure</th><th>value</th></tr>")
-            parts += [
-                f"<tr><td>{e(str(k))}</td><td>{e(_format_value(v))}</td></tr>"
-                for k, v in nb.figures.items()
-            ]
-            parts.append("</table>")
-        if nb.output:
-            for mime, data in _images(Path(run.out) / nb.output):
-                parts.append(f'<img alt="{e(nb.name)} figure" src="data:{mime};base64,{data}">')
-        parts.append("</section>")
-        sections.append("\n".join(parts))
-    options = run.options
-    env = ", ".join(f"{k} {v}" for k, v in run.environment.items() if k != "platform" and v)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Course run: {e(verdict)}</title><style>{_STYLE}</style></head>
-<body>
-<h1>Knowledge distillation course: run report</h1>
-<p><strong>{e(verdict)}</strong> ({e(counts)}). Mode <code>{e(str(options.get("mode")))}</code>,
-parameters <code>{e(json.dumps(options.get("parameters", {})))}</code>,
-timeout {e(str(options.get("timeout_s")))} s per notebook.<br>
-Started {e(run.started)}, finished {e(str(run.finished or "not yet"))}.
-Source <code>{e(str(options.get("source")))}</code>.<br>{e(env)}</p>
-<table><tr><th>notebook</th><th>status</th><th>time</th><th>rendered</th>
-<th>headline figures / error</th></tr>
-{chr(10).join(rows)}
-</table>
-<p>Raw numbers: <a href="results.json">results.json</a>.</p>
-{chr(10).join(sections)}
-</body></html>
-"""
-
-
-def _error_html(error: dict) -> str:
-    e = html.escape
-    where = "cell ?" if error.get("cell") is None else f"cell {error['cell']}"
-    if error.get("execution_count"):
-        where += f" (In [{error['execution_count']}])"
-    text = (
-        f"<p><strong>{e(where)}: {e(str(error.get('ename')))}</strong>: "
-        f"{e(str(error.get('evalue')))}</p>"
-    )
-    if error.get("cell_source"):
-        text += f"<pre>{e(error['cell_source'])}</pre>"
-    return text
 
 
 # --------------------------------------------------------------------------- CLI
