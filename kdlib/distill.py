@@ -258,6 +258,20 @@ class Distiller:
         label_smoothing: float = 0.0,
         progress: bool = True,
     ):
+        self._place_on_device(student, device, amp, channels_last)
+        self._freeze_teachers(teacher, combine_teachers)
+        self._choose_loss(loss, temperature, alpha, label_smoothing)
+        self._attach_terms(terms)
+        self._plan_teacher_cache(cache_teacher)
+        self._make_optimizer(optimizer, lr, weight_decay, lr_schedule)
+        self.progress = progress and os.environ.get("KDLIB_PROGRESS", "1") != "0"
+        self.history: list[dict] = []
+        self.epoch = 0
+
+    # --- construction, step by step ---------------------------------------------------------
+
+    def _place_on_device(self, student, device, amp, channels_last) -> None:
+        """Pick the device and move the student there (channels-last and bf16 on CUDA only)."""
         self.device = pick_device(device if device is not None else "auto")
         self.use_amp = bool(amp) and self.device.type == "cuda"
         self.channels_last = bool(channels_last) and self.device.type == "cuda"
@@ -265,6 +279,9 @@ class Distiller:
         if self.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
 
+    def _freeze_teachers(self, teacher, combine_teachers) -> None:
+        """Collect the teacher(s), move each to the device and freeze it (see :func:`freeze`);
+        several teachers need ``combine_teachers``."""
         if teacher is None:
             self.teachers = []
         elif isinstance(teacher, nn.Module):
@@ -282,14 +299,17 @@ class Distiller:
                 t.to(memory_format=torch.channels_last)
             freeze(t)
         self.combine_teachers = combine_teachers
+
+    def _choose_loss(self, loss, temperature, alpha, label_smoothing) -> None:
+        """The loss of every step: the given one, else ``kd_loss`` with a teacher, else the
+        cross-entropy of the labels alone."""
         # a teacher ensemble mixes soft targets at its own tau: it must be the loss's tau
-        combine_tau = getattr(combine_teachers, "temperature", None)
+        combine_tau = getattr(self.combine_teachers, "temperature", None)
         if loss is None and combine_tau is not None and float(combine_tau) != float(temperature):
             raise ValueError(
                 f"combine_teachers mixes the teachers at temperature {combine_tau:g} but the "
                 f"Distiller's temperature is {temperature:g}: use the same tau for both"
             )
-
         self._default_loss = None  # kd_loss as built here: the one with a fast path
         if loss is None:
             if self.teachers:
@@ -300,6 +320,9 @@ class Distiller:
         self.loss = loss
         self.temperature, self.alpha = temperature, alpha
 
+    def _attach_terms(self, terms) -> None:
+        """Check the extra loss terms, move those with parameters to the device, and collect
+        the names of the features they tap on the student and the teacher."""
         self.terms = list(terms)
         for term in self.terms:
             if not hasattr(term, "weight"):
@@ -315,6 +338,8 @@ class Distiller:
         if self.teacher_feature_names and len(self.teachers) != 1:
             raise ValueError("terms that tap teacher features need exactly one teacher")
 
+    def _plan_teacher_cache(self, cache_teacher) -> None:
+        """Decide whether teacher logits are cached, and reset the per-loader bookkeeping."""
         self.cache_teacher = bool(cache_teacher)
         if self.cache_teacher and not self.teachers:
             raise ValueError("cache_teacher=True needs a teacher")
@@ -331,6 +356,8 @@ class Distiller:
         self._all_labelled = False  # no label of that loader is IGNORE_INDEX
         self._staged = None  # (loader, its x, that loader on the device)
 
+    def _make_optimizer(self, optimizer, lr, weight_decay, lr_schedule) -> None:
+        """The optimizer over the student's and the terms' parameters, and its schedule."""
         params = self.trainable_parameters()
         if optimizer is None:
             optimizer = _adam(params, lr, weight_decay)
@@ -338,9 +365,6 @@ class Distiller:
             optimizer = optimizer(params)
         self.optimizer = optimizer
         self.scheduler = lr_schedule(self.optimizer) if lr_schedule is not None else None
-        self.progress = progress and os.environ.get("KDLIB_PROGRESS", "1") != "0"
-        self.history: list[dict] = []
-        self.epoch = 0
 
     # --- parameters and state ---------------------------------------------------------------
 
@@ -708,17 +732,3 @@ def train_supervised(
         progress=progress,
     )
     return trainer.fit(train_loader, epochs=epochs, val_loader=val_loader)
-
-
-# --- `kdlib device` ---------------------------------------------------------------------------
-
-
-def add_arguments(parser, path) -> None:
-    pass
-
-
-def main(args) -> int:
-    device = pick_device("auto")
-    detail = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    print(f"kdlib uses {device}{': ' + detail if detail else ''} (torch {torch.__version__})")
-    return 0
