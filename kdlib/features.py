@@ -25,6 +25,12 @@ intermediate representations, not only its outputs):
 
 The ``*Term`` classes plug into ``kdlib.distill.Distiller(terms=[...])``: they name the layers
 to tap (``student_features`` / ``teacher_features``) and carry a ``weight``.
+
+The loss functions raise ``ValueError`` naming the argument for an empty batch or features that
+contain NaN or inf. The finiteness check reads a value back from the device (a host-device
+synchronisation); ``check=False`` skips it, and the ``*Term`` classes run it on the first batch
+they see only, so that a training step stays free of synchronisations (the Distiller reports a
+non-finite epoch loss anyway).
 """
 
 from __future__ import annotations
@@ -197,13 +203,27 @@ def make_adapter(
     return nn.Linear(student_channels, teacher_channels)
 
 
-def _check_feature(feature: torch.Tensor, name: str) -> None:
+def _check_feature(
+    feature: torch.Tensor, name: str, dims: tuple[int, ...] = (2, 4), check: bool = True
+) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``feature`` is a non-empty floating tensor of
+    one of the ranks ``dims``; with ``check``, also unless every value is finite (one
+    host-device synchronisation)."""
     if not isinstance(feature, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(feature).__name__}")
-    if feature.dim() not in (2, 4):
-        raise ValueError(
-            f"{name} must be (N, D) vectors or (N, C, H, W) maps, got shape {tuple(feature.shape)}"
-        )
+    if feature.dim() not in dims:
+        kinds = {2: "(N, D) vectors", 4: "(N, C, H, W) maps"}
+        wanted = " or ".join(kinds.get(d, f"{d}-d tensors") for d in dims)
+        raise ValueError(f"{name} must be {wanted}, got shape {tuple(feature.shape)}")
+    if feature.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(feature.shape)}): no sample")
+    if feature.numel() == 0:
+        raise ValueError(f"{name} has no element (shape {tuple(feature.shape)})")
+    if not feature.is_floating_point():
+        raise ValueError(f"{name} must be a floating point tensor, got dtype {feature.dtype}")
+    if check and not bool(torch.isfinite(feature).all()):
+        bad = int((~torch.isfinite(feature)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf)")
 
 
 def resize_to(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -225,6 +245,7 @@ def hint_loss(
     student_feature: torch.Tensor,
     teacher_feature: torch.Tensor,
     adapter: nn.Module | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """FitNets hint loss: ``mean((resize(r(F_S)) - F_T)^2)`` over all elements.
 
@@ -233,6 +254,7 @@ def hint_loss(
         teacher_feature: ``(N, C_T, H_T, W_T)`` or ``(N, D_T)``; detached here.
         adapter: the regressor ``r`` (see :func:`make_adapter`) taking ``C_S`` to ``C_T``;
             ``None`` means identity, which needs ``C_S == C_T``.
+        check: refuse features with NaN or inf (one host-device synchronisation).
 
     The adapted student map is resized to the teacher's ``(H_T, W_T)`` (:func:`resize_to`)
     when the spatial sizes differ. The mean is over ``N * C_T * H_T * W_T`` elements, like
@@ -240,11 +262,12 @@ def hint_loss(
     features give exactly 0.
 
     Raises:
-        ValueError: batch sizes differ, one feature is a map and the other a vector, or the
-            widths differ after the adapter (the message says which adapter would fit).
+        ValueError: an empty batch, NaN or inf in a feature, batch sizes differ, one feature is
+            a map and the other a vector, or the widths differ after the adapter (the message
+            says which adapter would fit).
     """
-    _check_feature(student_feature, "student_feature")
-    _check_feature(teacher_feature, "teacher_feature")
+    _check_feature(student_feature, "student_feature", check=check)
+    _check_feature(teacher_feature, "teacher_feature", check=check)
     if student_feature.shape[0] != teacher_feature.shape[0]:
         raise ValueError(
             f"batch-size mismatch: student feature has {student_feature.shape[0]} samples, "
@@ -324,6 +347,7 @@ class HintTerm(nn.Module):
         self.weight = weight
         self.name = name
         self.adapter = make_adapter(student_channels, teacher_channels, kind)
+        self._checked = False  # the first batch's features are checked for NaN / inf
 
     @classmethod
     def from_models(
@@ -350,7 +374,9 @@ class HintTerm(nn.Module):
         """``batch``: a ``kdlib.distill.Batch`` with the tapped features; returns a scalar."""
         s = _feature(batch, "student", self.student_layer)
         t = _feature(batch, "teacher", self.teacher_layer)
-        return hint_loss(s, t, self.adapter)
+        loss = hint_loss(s, t, self.adapter, check=not self._checked)
+        self._checked = True
+        return loss
 
     def extra_repr(self) -> str:
         return f"{self.student_layer!r} -> {self.teacher_layer!r}, weight={self.weight}"
@@ -382,6 +408,7 @@ def attention_transfer_loss(
     teacher_feature: torch.Tensor,
     p: float = 2,
     reduction: str = "mean",
+    check: bool = True,
 ) -> torch.Tensor:
     """Attention transfer loss between one student map and one teacher map.
 
@@ -389,19 +416,28 @@ def attention_transfer_loss(
 
     - ``reduction="mean"`` (default): ``mean_{n,j} (Q_S[n, j] - Q_T[n, j])^2``, the mean over
       the batch *and* the ``H * W`` positions, exactly as the authors' code
-      (``(at(x) - at(y)).pow(2).mean()``) and RepDistiller compute it. The division by
-      ``H * W`` is why the weight is large (beta = 1000, see :class:`AttentionTerm`).
-    - ``reduction="batchmean"``: ``mean_n ||Q_S[n] - Q_T[n]||_2^2``, the squared distance of
-      the paper's formula averaged over the batch (``H * W`` times the default).
+      (``(at(x) - at(y)).pow(2).mean()``), RepDistiller and mdistiller compute it. The
+      division by ``H * W`` is why the weight is large (beta = 1000, see
+      :class:`AttentionTerm`).
+    - ``reduction="batchmean"``: ``mean_n ||Q_S[n] - Q_T[n]||_2^2``, the *squared* L2 distance
+      between the normalised maps averaged over the batch (``H * W`` times the default). It
+      is not the paper's Eq. 2, which sums the unsquared p-norms ``||Q_S - Q_T||_p``; no
+      reference implementation uses that form, and the published beta = 1000 belongs to the
+      default reduction.
 
     The channel counts may differ (the map averages over channels). When the spatial sizes
-    differ the student map is resized to the teacher's (:func:`resize_to`) before the
-    attention map is taken. The teacher is detached.
+    differ, the larger map is average-pooled down to the smaller one's size
+    (``adaptive_avg_pool2d`` on the features, before the attention map), as RepDistiller and
+    mdistiller do: a student map smaller than the teacher's pools the teacher down. The
+    teacher is detached. ``check`` refuses NaN or inf in the features (one host-device
+    synchronisation).
+
+    Raises:
+        ValueError: features that are not ``(N, C, H, W)`` maps, an empty batch, NaN or inf,
+            batch sizes that differ, an unknown ``reduction``; the message names the argument.
     """
-    for name, f in (("student_feature", student_feature), ("teacher_feature", teacher_feature)):
-        if not isinstance(f, torch.Tensor) or f.dim() != 4:
-            shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-            raise ValueError(f"{name} must be an (N, C, H, W) feature map, got {shape}")
+    _check_feature(student_feature, "student_feature", dims=(4,), check=check)
+    _check_feature(teacher_feature, "teacher_feature", dims=(4,), check=check)
     if student_feature.shape[0] != teacher_feature.shape[0]:
         raise ValueError(
             f"batch-size mismatch: student feature has {student_feature.shape[0]} samples, "
@@ -409,24 +445,40 @@ def attention_transfer_loss(
         )
     if reduction not in ("mean", "batchmean"):
         raise ValueError(f"reduction must be 'mean' or 'batchmean', got {reduction!r}")
-    s = resize_to(student_feature, teacher_feature.shape[-2:])
-    diff = (attention_map(s, p) - attention_map(teacher_feature.detach(), p)).pow(2)
+    size = tuple(min(a, b) for a, b in zip(student_feature.shape[-2:], teacher_feature.shape[-2:]))
+    s = _pool_to(student_feature, size)
+    t = _pool_to(teacher_feature.detach(), size)
+    diff = (attention_map(s, p) - attention_map(t, p)).pow(2)
     return diff.mean() if reduction == "mean" else diff.sum(1).mean()
+
+
+def _pool_to(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Average-pool an ``(N, C, H, W)`` map down to ``size`` (itself if already that size)."""
+    if tuple(feature.shape[-2:]) == size:
+        return feature
+    return F.adaptive_avg_pool2d(feature, size)
 
 
 class AttentionTerm(nn.Module):
     """Attention transfer as a Distiller term, over one or more (student, teacher) layer pairs.
 
-    The paper's objective is ``CE + beta / 2 * sum_j AT_j`` with ``beta = 1000`` and ``AT_j``
-    the :func:`attention_transfer_loss` of pair ``j`` (mean over batch and positions). This
-    term returns ``(1 / 2) * sum_j AT_j`` and its ``weight`` is the paper's ``beta``, so the
-    default ``weight=1000`` reproduces the paper. (RepDistiller also uses 1000 but without the
-    1/2, i.e. twice this weight.)
+    The term returns ``sum_j AT_j``, with ``AT_j`` the :func:`attention_transfer_loss` of pair
+    ``j`` (mean over the batch and the positions of the squared difference of the normalised
+    maps), and the Distiller adds ``weight * sum_j AT_j``: with the default ``weight=1000``
+    (beta), this is the training recipe of the published code of Zagoruyko & Komodakis,
+    "Paying More Attention to Attention" (ICLR 2017, arXiv:1612.03928), which RepDistiller
+    (Tian et al., ICLR 2020) and mdistiller (Zhao et al., CVPR 2022) reproduce:
+    ``beta * sum_j mean((Q_S^j - Q_T^j)^2)``, beta = 1000, no factor 1/2. (The paper's Eq. 2
+    writes ``beta / 2 * sum_j ||Q_S^j - Q_T^j||_p``; its code uses the form above.)
 
     Args:
-        pairs: ``[(student_layer, teacher_layer), ...]``; the maps of a pair must have the same
-            spatial size or the student's is resized; channel counts may differ.
+        pairs: ``[(student_layer, teacher_layer), ...]``; channel counts may differ; when the
+            spatial sizes differ the larger map is pooled down to the smaller (as the
+            references do).
         weight: beta. p: the exponent of the attention map. name: the history key.
+
+    The first batch's features are checked for NaN and inf; later batches are not (no
+    host-device synchronisation per step).
     """
 
     def __init__(
@@ -445,14 +497,17 @@ class AttentionTerm(nn.Module):
         self.student_features = [s for s, _ in self.pairs]
         self.teacher_features = [t for _, t in self.pairs]
         self.weight, self.p, self.name = weight, p, name
+        self._checked = False  # the first batch's features are checked for NaN / inf
 
     def forward(self, batch) -> torch.Tensor:
+        """``sum_j attention_transfer_loss(F_S^j, F_T^j, p)`` over the pairs: a scalar."""
         total = 0.0
         for s_layer, t_layer in self.pairs:
             s = _feature(batch, "student", s_layer)
             t = _feature(batch, "teacher", t_layer)
-            total = total + attention_transfer_loss(s, t, self.p)
-        return 0.5 * total
+            total = total + attention_transfer_loss(s, t, self.p, check=not self._checked)
+        self._checked = True
+        return total
 
     def extra_repr(self) -> str:
         return f"pairs={self.pairs}, weight={self.weight}, p={self.p}"

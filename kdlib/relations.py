@@ -15,7 +15,10 @@ different width than the teacher's, and no adapter is needed; the batch sizes mu
 - :class:`RelationTerm`: either loss as a ``kdlib.distill.Distiller`` term on tapped features.
 
 Embeddings of any shape ``(N, ...)`` are flattened to ``(N, D)``. Losses are computed in
-float32; the teacher's side is detached.
+float32; the teacher's side is detached. They raise ``ValueError`` naming the argument for
+fewer than 2 samples, mismatched batches, or embeddings that contain NaN or inf; the last check
+reads a value back from the device, ``check=False`` skips it, and :class:`RelationTerm` runs
+it on the first batch it sees only.
 """
 
 from __future__ import annotations
@@ -35,14 +38,26 @@ __all__ = [
 ]
 
 
-def _flat_pair(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    for name, e in (("student_emb", student), ("teacher_emb", teacher)):
+def _flat_pair(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    check: bool = True,
+    names: tuple[str, str] = ("student_emb", "teacher_emb"),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    for name, e in zip(names, (student, teacher)):
         if not isinstance(e, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(e).__name__}")
         if e.dim() < 2:
             raise ValueError(
                 f"{name} must have shape (N, ...) with N samples, got {tuple(e.shape)}"
             )
+        if e[0].numel() == 0:
+            raise ValueError(f"{name} has no feature (shape {tuple(e.shape)})")
+        if not e.is_floating_point():
+            raise ValueError(f"{name} must be a floating point tensor, got dtype {e.dtype}")
+        if check and not bool(torch.isfinite(e).all()):
+            bad = int((~torch.isfinite(e)).sum())
+            raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf)")
     if student.shape[0] != teacher.shape[0]:
         raise ValueError(
             f"batch-size mismatch: student has {student.shape[0]} samples, teacher has "
@@ -72,15 +87,18 @@ def _normalised_distances(emb: torch.Tensor) -> torch.Tensor:
     return d / mu
 
 
-def rkd_distance_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
+def rkd_distance_loss(
+    student_emb: torch.Tensor, teacher_emb: torch.Tensor, check: bool = True
+) -> torch.Tensor:
     """RKD distance-wise loss: ``mean_{i,j} huber(d_S[i, j] / mu_S, d_T[i, j] / mu_T)``.
 
     ``d[i, j]`` are Euclidean distances between the ``N`` embeddings (shape ``(N, ...)``), ``mu``
     their mean over the ``N (N - 1)`` ordered pairs ``i != j``; the Huber loss is smooth-L1 with
     threshold 1 (``0.5 x^2`` below 1, ``|x| - 0.5`` above), averaged over the ``N x N`` matrix
-    (the diagonal is zero on both sides), as in the authors' code.
+    (the diagonal is zero on both sides), as in the authors' code. ``check`` refuses NaN or
+    inf in the embeddings.
     """
-    s, t = _flat_pair(student_emb, teacher_emb)
+    s, t = _flat_pair(student_emb, teacher_emb, check)
     return F.smooth_l1_loss(_normalised_distances(s), _normalised_distances(t))
 
 
@@ -90,15 +108,17 @@ def _angles(emb: torch.Tensor) -> torch.Tensor:
     return torch.bmm(diff, diff.transpose(1, 2))  # (N, N, N)
 
 
-def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
+def rkd_angle_loss(
+    student_emb: torch.Tensor, teacher_emb: torch.Tensor, check: bool = True
+) -> torch.Tensor:
     """RKD angle-wise loss: ``mean_{i,j,k} huber(cos_S[i, j, k], cos_T[i, j, k])``.
 
     ``cos[i, j, k]`` is the cosine of the angle at ``e_i`` between ``e_j - e_i`` and
     ``e_k - e_i``; a degenerate triplet (``j == i`` or ``k == i``) gives 0 on both sides. The
     mean is over all ``N^3`` entries, as in the authors' code. Memory grows as
-    ``N^2 D + N^3``: keep batches modest (64-128).
+    ``N^2 D + N^3``: keep batches modest (64-128). ``check`` refuses NaN or inf.
     """
-    s, t = _flat_pair(student_emb, teacher_emb)
+    s, t = _flat_pair(student_emb, teacher_emb, check)
     return F.smooth_l1_loss(_angles(s), _angles(t))
 
 
@@ -107,17 +127,20 @@ def rkd_loss(
     teacher_emb: torch.Tensor,
     distance_weight: float = 25.0,
     angle_weight: float = 50.0,
+    check: bool = True,
 ) -> torch.Tensor:
     """Relational KD: ``distance_weight * L_distance + angle_weight * L_angle``.
 
     The default weights 25 and 50 are those of Park et al. 2019 and RepDistiller. Embeddings
-    ``(N, ...)`` of the same batch; their widths may differ.
+    ``(N, ...)`` of the same batch; their widths may differ. ``check`` refuses NaN or inf
+    (checked once, not once per part).
     """
+    _flat_pair(student_emb, teacher_emb, check)
     loss = student_emb.new_zeros((), dtype=torch.float32)
     if distance_weight:
-        loss = loss + distance_weight * rkd_distance_loss(student_emb, teacher_emb)
+        loss = loss + distance_weight * rkd_distance_loss(student_emb, teacher_emb, check=False)
     if angle_weight:
-        loss = loss + angle_weight * rkd_angle_loss(student_emb, teacher_emb)
+        loss = loss + angle_weight * rkd_angle_loss(student_emb, teacher_emb, check=False)
     return loss
 
 
@@ -128,15 +151,16 @@ def similarity_matrix(feature: torch.Tensor) -> torch.Tensor:
 
 
 def similarity_preserving_loss(
-    student_feature: torch.Tensor, teacher_feature: torch.Tensor
+    student_feature: torch.Tensor, teacher_feature: torch.Tensor, check: bool = True
 ) -> torch.Tensor:
     """Similarity-preserving KD: ``||G_S - G_T||_F^2 / N^2``.
 
     ``G = normalise_rows(Q Q^T)`` with ``Q`` the features flattened to ``(N, D)`` and each row
     of the ``(N, N)`` Gram matrix divided by its L2 norm (Tung & Mori 2019, eq. 2-4). Widths may
-    differ; the batch size ``N`` must agree.
+    differ; the batch size ``N`` must agree. ``check`` refuses NaN or inf in the features.
     """
-    s, t = _flat_pair(student_feature, teacher_feature)
+    names = ("student_feature", "teacher_feature")
+    s, t = _flat_pair(student_feature, teacher_feature, check, names)
     n = s.shape[0]
     return (similarity_matrix(s) - similarity_matrix(t)).pow(2).sum() / (n * n)
 
@@ -152,6 +176,9 @@ class RelationTerm(nn.Module):
             weights are ``distance_weight`` / ``angle_weight``, so 1 is its natural value).
         name: the history key; defaults to ``kind``.
         **loss_kwargs: passed to the loss (``distance_weight``, ``angle_weight`` for RKD).
+
+    The first batch's features are checked for NaN and inf; later batches are not (no
+    host-device synchronisation per step).
     """
 
     def __init__(
@@ -173,6 +200,7 @@ class RelationTerm(nn.Module):
         self.teacher_features = [teacher_layer]
         self.weight = weight
         self.name = name or kind
+        self._checked = False  # the first batch's features are checked for NaN / inf
 
     def forward(self, batch) -> torch.Tensor:
         """``batch``: a ``kdlib.distill.Batch`` with the tapped features; returns a scalar."""
@@ -187,7 +215,9 @@ class RelationTerm(nn.Module):
             raise ValueError(
                 f"no {side} feature {layer!r} in the batch (tapped: {', '.join(got) or 'none'})"
             )
-        return self.loss_fn(s, t, **self.loss_kwargs)
+        loss = self.loss_fn(s, t, check=not self._checked, **self.loss_kwargs)
+        self._checked = True
+        return loss
 
     def extra_repr(self) -> str:
         return (

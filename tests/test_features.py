@@ -237,6 +237,20 @@ def test_attention_maps_are_normalised():
         attention_map(torch.rand(2, 5))
 
 
+def test_attention_transfer_pools_the_larger_map_down():
+    g = torch.Generator().manual_seed(1)
+    small, large = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 6, 4, 4, generator=g)
+    pooled = F.adaptive_avg_pool2d(large, 2)
+    # a student map smaller than the teacher's pools the teacher down, and the other way round
+    assert torch.allclose(
+        attention_transfer_loss(small, large), attention_transfer_loss(small, pooled)
+    )
+    assert torch.allclose(
+        attention_transfer_loss(large, small), attention_transfer_loss(pooled, small)
+    )
+    assert attention_transfer_loss(small, large).item() > 0
+
+
 def test_attention_transfer_loss_by_hand():
     s = torch.zeros(1, 1, 1, 2)
     s[0, 0, 0] = torch.tensor([1.0, 0.0])  # map (1, 0)
@@ -250,21 +264,37 @@ def test_attention_transfer_loss_by_hand():
     assert attention_transfer_loss(f, torch.cat([f, f], 1)).item() < 1e-12  # widths may differ
     with pytest.raises(ValueError, match="batch-size mismatch"):
         attention_transfer_loss(torch.rand(2, 3, 2, 2), torch.rand(3, 3, 2, 2))
-    with pytest.raises(ValueError, match="student_feature must be an"):
+    with pytest.raises(ValueError, match="student_feature must be"):
         attention_transfer_loss(torch.rand(2, 3), torch.rand(2, 3, 2, 2))
 
 
-def test_attention_term_is_half_the_sum_and_trains(digits, teacher):
+def _published_at(pairs, beta=1000.0):
+    """The published recipe, written out: beta * sum over pairs of the mean over batch and
+    positions of the squared difference of the L2-normalised maps mean_c(F^2), the larger map
+    average-pooled to the smaller one's size first."""
+    total = 0.0
+    for f_s, f_t in pairs:
+        h = min(f_s.shape[2], f_t.shape[2])
+        f_s, f_t = F.adaptive_avg_pool2d(f_s, h), F.adaptive_avg_pool2d(f_t, h)
+        q_s = f_s.pow(2).mean(1).flatten(1)
+        q_t = f_t.pow(2).mean(1).flatten(1)
+        q_s = q_s / q_s.norm(dim=1, keepdim=True)
+        q_t = q_t / q_t.norm(dim=1, keepdim=True)
+        total = total + ((q_s - q_t) ** 2).mean()
+    return beta * total
+
+
+def test_attention_term_default_is_the_published_recipe_and_trains(digits, teacher):
     g = torch.Generator().manual_seed(0)
     sf = {"b1": torch.rand(4, 3, 4, 4, generator=g), "b2": torch.rand(4, 5, 2, 2, generator=g)}
-    tf = {"t1": torch.rand(4, 8, 4, 4, generator=g), "t2": torch.rand(4, 6, 2, 2, generator=g)}
+    tf = {"t1": torch.rand(4, 8, 4, 4, generator=g), "t2": torch.rand(4, 6, 4, 4, generator=g)}
     batch = Batch(torch.rand(4, 1), torch.zeros(4, dtype=torch.long), None, torch.rand(4, 3), None)
     batch.student_features, batch.teacher_features = sf, tf
     term = AttentionTerm([("b1", "t1"), ("b2", "t2")])
-    expected = 0.5 * (
-        attention_transfer_loss(sf["b1"], tf["t1"]) + attention_transfer_loss(sf["b2"], tf["t2"])
-    )
-    assert torch.allclose(term(batch), expected)
+    expected = _published_at([(sf["b1"], tf["t1"]), (sf["b2"], tf["t2"])])
+    # the Distiller adds weight * term(batch)
+    assert term.weight * term(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert expected.item() > 1.0  # not a vacuous comparison
     assert term.weight == 1000.0 and term.student_features == ["b1", "b2"]
     with pytest.raises(ValueError, match="pairs"):
         AttentionTerm([])
