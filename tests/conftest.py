@@ -1,10 +1,14 @@
 """Fixtures shared by the kdlib tests."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from kdlib import data, models
 from kdlib.distill import seed_everything, train_supervised
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,3 +36,27 @@ def quick_teacher(digits):
         model, digits.train.loader(64, shuffle=True), epochs=3, lr=3e-3, progress=False
     )
     return model
+
+
+@pytest.fixture(scope="session")
+def course(tmp_path_factory):
+    """Every solution notebook executed once, in fast mode, by `kdlib course run`.
+
+    Returns ``(out, results)``: the output folder and ``{notebook name: NotebookResult}``;
+    each notebook's headline figures are ``results[name].figures`` (what it passed to
+    ``save_results``). Used by test_notebooks.py and test_claims.py.
+    """
+    from kdlib.course.run import run_course
+
+    out = tmp_path_factory.mktemp("course")
+    run = run_course(
+        ROOT / "solutions",
+        out,
+        fast=True,
+        device="cpu",
+        timeout=600,
+        render_html=False,
+        progress=False,
+        echo=lambda *a, **k: None,
+    )
+    return out, {nb.name: nb for nb in run.notebooks}

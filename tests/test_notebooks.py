@@ -2,7 +2,8 @@
 notebooks/ is exactly what nbgrader generates from solutions/, and nothing leaks.
 
 The solutions are executed once, in fast mode, by ``kdlib course run`` (papermill, kernel
-``python3``): the same command a learner and CI use. nbval (``--nbval-lax``) executes them
+``python3``): the same command a learner and CI use; the session fixture ``course`` lives in
+conftest.py, so that test_claims.py reads the same run. nbval (``--nbval-lax``) executes them
 again as part of the same pytest run and compares the cells marked ``# NBVAL_CHECK_OUTPUT``.
 """
 
@@ -16,7 +17,6 @@ import nbformat
 import pytest
 
 from kdlib.course.release import CHECK_MARK, check
-from kdlib.course.run import run_course
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb"))
@@ -38,23 +38,6 @@ def test_the_course_has_its_nine_notebooks():
     assert [n[:2] for n in NAMES] == [f"{i:02d}" for i in range(1, 10)], NAMES
     released = sorted(p.stem for p in (ROOT / "notebooks").glob("*/*.ipynb"))
     assert released == NAMES
-
-
-@pytest.fixture(scope="session")
-def course(tmp_path_factory):
-    """Every solution notebook executed in fast mode by `kdlib course run`."""
-    out = tmp_path_factory.mktemp("course")
-    run = run_course(
-        ROOT / "solutions",
-        out,
-        fast=True,
-        device="cpu",
-        timeout=600,
-        render_html=False,
-        progress=False,
-        echo=lambda *a, **k: None,
-    )
-    return out, {nb.name: nb for nb in run.notebooks}
 
 
 @pytest.mark.parametrize("name", NAMES)
