@@ -10,6 +10,7 @@ Modules, each named for what it holds:
                      mutual learning, born-again generations
 - ``kdlib.data``     the embedded digits dataset, torchvision datasets, transfer-set helpers
 - ``kdlib.models``   MLPs, small CNNs and the CIFAR ResNets of the KD literature
+- ``kdlib.lm``       language models: per-token KD losses, sequence-level and on-policy KD
 - ``kdlib.distill``  device and seed helpers, ``freeze``, ``train_supervised``, ``Distiller``
 - ``kdlib.metrics``  accuracy, agreement, calibration, teacher-to-student KL
 - ``kdlib.efficiency`` parameters, latency, throughput and activation memory

@@ -320,8 +320,7 @@ class TinyGPT(nn.Module):
             raise ValueError(f"tokens must have shape (B, T), got {tuple(tokens.shape)}")
         if tokens.shape[1] > self.context:
             raise ValueError(
-                f"sequence of {tokens.shape[1]} tokens is longer than the context "
-                f"({self.context})"
+                f"sequence of {tokens.shape[1]} tokens is longer than the context ({self.context})"
             )
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         x = self.drop(self.tok(tokens) + self.pos(positions))

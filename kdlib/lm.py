@@ -1,0 +1,852 @@
+"""Distilling language models: per-token losses, generation, and three ways to distil sequences.
+
+A language model is a classifier applied at every position: from tokens ``x_0 .. x_t`` it
+predicts a distribution over the ``V`` tokens of the vocabulary for ``x_{t+1}``. Its logits have
+shape ``(B, T, V)``, and distillation compares the teacher's and the student's next-token
+distributions token by token, averaged over the tokens that count (a ``mask`` leaves out
+padding, prompts, ...):
+
+    forward  KL(p_T || p_S)   mode covering: the student spreads over everything the teacher
+                              finds plausible (Hinton et al. 2015, token by token)
+    reverse  KL(p_S || p_T)   mode seeking: the student may drop some of the teacher's modes
+                              but is punished for mass where the teacher has none (MiniLLM,
+                              Gu et al. 2024)
+    jsd      generalized Jensen-Shannon divergence with weight beta (GKD, Agarwal et al. 2024)
+
+:func:`token_kd_loss` computes them. Three training regimes differ in *which sequences* the
+tokens come from (:class:`SequenceDistiller`):
+
+- ``"token"`` (off-policy, word-level KD of Kim & Rush 2016): the training text; at every
+  position the student matches the teacher's whole next-token distribution;
+- sequence-level KD (Kim & Rush 2016): the student is trained with plain cross-entropy on text
+  the teacher *generated* (:func:`sequence_kd_dataset`), without the teacher's probabilities;
+- ``"on_policy"`` (GKD): the student generates sequences itself and the teacher scores every
+  token of them; the student learns on the contexts it will meet when it generates.
+
+The teacher's distributions are large for long vocabularies: :func:`top_k_teacher` keeps the
+``k`` largest probabilities per token and :func:`expand_top_k` rebuilds a full distribution
+from them, the missing mass spread evenly over the other tokens (see there why not dropped).
+
+For measuring, :class:`SentenceSource` is a small probabilistic grammar whose true next-token
+distribution is known at every position, so the exact KL of a model to the truth can be computed,
+not only its perplexity; :func:`load_text_corpus` reads a user's own text instead.
+
+References: Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", NIPS Deep
+Learning Workshop 2014, arXiv:1503.02531. Kim & Rush, "Sequence-Level Knowledge Distillation",
+EMNLP 2016, arXiv:1606.07947. Agarwal et al., "On-Policy Distillation of Language Models:
+Learning from Self-Generated Mistakes", ICLR 2024, arXiv:2306.13649. Gu et al., "MiniLLM:
+Knowledge Distillation of Large Language Models", ICLR 2024, arXiv:2306.08543.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdlib.data import TensorLoader
+from kdlib.distill import Distiller, _device_of
+from kdlib.losses import IGNORE_INDEX
+
+__all__ = [
+    "DIVERGENCES",
+    "token_kd_loss",
+    "generate",
+    "mask_after_eos",
+    "sequence_log_probs",
+    "next_token_loader",
+    "sequence_kd_dataset",
+    "SequenceDistiller",
+    "top_k_teacher",
+    "expand_top_k",
+    "top_k_error",
+    "Corpus",
+    "SentenceSource",
+    "load_text_corpus",
+    "kl_to_truth",
+    "distinct_ngrams",
+    "lm_metrics",
+]
+
+DIVERGENCES = ("forward", "reverse", "jsd")
+
+
+# --- the per-token loss -----------------------------------------------------------------------
+
+
+def _check_token_logits(student_logits, teacher_logits, mask) -> None:
+    for name, z in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        if not isinstance(z, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(z).__name__}")
+        if z.dim() != 3:
+            raise ValueError(f"{name} must have shape (B, T, V), got {tuple(z.shape)}")
+        if not z.is_floating_point():
+            raise ValueError(f"{name} must be floating point logits, got {z.dtype}")
+    s, t = student_logits.shape, teacher_logits.shape
+    if s[:2] != t[:2]:
+        raise ValueError(
+            f"student_logits {tuple(s)} and teacher_logits {tuple(t)} must cover the same "
+            "(B, T) tokens"
+        )
+    if s[2] != t[2]:
+        raise ValueError(
+            f"the student's vocabulary has {s[2]} tokens and the teacher's {t[2]}: "
+            "token-level distillation needs one tokenizer for both (the same vocabulary, in the "
+            "same order)"
+        )
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor):
+            raise ValueError(f"mask must be a tensor of shape (B, T), got {type(mask).__name__}")
+        if tuple(mask.shape) != tuple(s[:2]):
+            raise ValueError(
+                f"mask must have shape (B, T) = {tuple(s[:2])}, got {tuple(mask.shape)}"
+            )
+    for name, z in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError(f"{name} contain NaN or inf")
+
+
+def _per_token_divergence(log_p_s, log_p_t, divergence: str, beta: float) -> torch.Tensor:
+    """``(B, T)`` divergences between two ``(B, T, V)`` log-distributions, summed over ``V``."""
+    if divergence == "forward":
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+    if divergence == "reverse":
+        return (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1)
+    # jsd: M = beta * p_T + (1 - beta) * p_S, in log space
+    log_m = torch.logsumexp(
+        torch.stack([log_p_t + math.log(beta), log_p_s + math.log1p(-beta)]), dim=0
+    )
+    kl_t = (log_p_t.exp() * (log_p_t - log_m)).sum(-1)
+    kl_s = (log_p_s.exp() * (log_p_s - log_m)).sum(-1)
+    return beta * kl_t + (1.0 - beta) * kl_s
+
+
+def _reduce(per_token: torch.Tensor, mask, reduction: str) -> torch.Tensor:
+    if mask is not None:
+        per_token = per_token * mask.to(per_token.dtype)
+    if reduction == "none":
+        return per_token
+    count = per_token.numel() if mask is None else mask.to(per_token.dtype).sum().clamp_min(1)
+    return per_token.sum() / count
+
+
+def token_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    divergence: str = "forward",
+    beta: float = 0.5,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Per-token distillation loss between two language models, averaged over unmasked tokens.
+
+    Args:
+        student_logits, teacher_logits: ``(B, T, V)`` next-token logits over one vocabulary.
+            The teacher's are detached (no gradient flows into the teacher).
+        mask: ``(B, T)``, true (or 1) for the tokens that count; ``None``: all ``B * T``.
+        temperature: ``tau > 0``; both distributions are ``softmax(logits / tau)``. The value
+            is *not* multiplied by ``tau^2`` here (:class:`SequenceDistiller` does that).
+        divergence: with ``p_T``, ``p_S`` the teacher's and student's distributions at a token,
+
+            - ``"forward"``: ``KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v))``;
+            - ``"reverse"``: ``KL(p_S || p_T)``;
+            - ``"jsd"``: ``beta KL(p_T || M) + (1 - beta) KL(p_S || M)`` with
+              ``M = beta p_T + (1 - beta) p_S`` (GKD's generalized JSD with P = teacher,
+              Q = student). It is 0 at ``beta = 0`` and ``1``; scaled, it approaches the two
+              KLs at the ends: ``JSD / beta -> forward`` as ``beta -> 0`` and
+              ``JSD / (1 - beta) -> reverse`` as ``beta -> 1``.
+        beta: the JSD's weight, ``0 < beta < 1``; ignored by the two KLs.
+        reduction: ``"mean"`` (a scalar: the sum over unmasked tokens divided by their number,
+            0 when there are none) or ``"none"`` (the ``(B, T)`` values, 0 at masked tokens).
+
+    Computed in log space (``log_softmax`` on both sides, the JSD's mixture by ``logsumexp``),
+    in float32 whatever the input dtype (float64 stays float64). Raises ``ValueError`` for
+    shapes that differ, vocabularies that differ (the two models must share a tokenizer), a
+    mask of the wrong shape, NaN or inf logits, or a bad temperature, divergence or beta.
+    """
+    _check_token_logits(student_logits, teacher_logits, mask)
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)) or (
+        temperature <= 0
+    ):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    if divergence == "jsd" and not 0.0 < float(beta) < 1.0:
+        raise ValueError(
+            f"beta must lie strictly between 0 and 1 for the JSD, got {beta!r} (the JSD is 0 at "
+            "both ends; use divergence='forward' or 'reverse' for the limits)"
+        )
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    return _token_kd(student_logits, teacher_logits, mask, temperature, divergence, beta, reduction)
+
+
+def _token_kd(student_logits, teacher_logits, mask, temperature, divergence, beta, reduction):
+    """:func:`token_kd_loss` without its checks (no host-device synchronisation)."""
+    dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    log_p_s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.detach().to(dtype) / temperature, dim=-1)
+    per_token = _per_token_divergence(log_p_s, log_p_t, divergence, float(beta))
+    return _reduce(per_token, mask, reduction)
+
+
+# --- generating and scoring ---------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    eos_token: int | None = None,
+    pad_token: int | None = None,
+) -> torch.Tensor:
+    """Sample ``max_new_tokens`` tokens after ``prompt`` from ``model``, one at a time.
+
+    ``prompt``: ``(B, T0)`` token ids. Returns ``(B, T0 + max_new_tokens)``. Each new token is
+    drawn from ``softmax(logits / temperature)`` at the last position (restricted to the
+    ``top_k`` most likely tokens when given); ``temperature=0`` takes the most likely token
+    (greedy). With ``eos_token``, a row that has produced it continues with ``pad_token``
+    (default: ``eos_token``), and generation stops early once every row has. A model with a
+    ``context`` attribute sees at most its last ``context`` tokens. Eval mode while sampling;
+    the model's mode is restored. ``generator`` (on the model's device) makes it repeatable.
+    """
+    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[1] < 1:
+        raise ValueError(f"prompt must be a (B, T0) tensor with T0 >= 1, got {prompt!r:.80}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    device = _device_of(model)
+    tokens = prompt.to(device)
+    context = getattr(model, "context", None)
+    pad = eos_token if pad_token is None else pad_token
+    done = torch.zeros(len(tokens), dtype=torch.bool, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for step in range(max_new_tokens):
+            window = tokens if context is None else tokens[:, -context:]
+            logits = model(window)[:, -1].float()
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                logits = logits / temperature
+                if top_k is not None and top_k < logits.shape[-1]:
+                    kth = logits.topk(top_k, dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = torch.softmax(logits, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            if eos_token is not None:
+                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+                done = done | (nxt == eos_token)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            if eos_token is not None and step % 4 == 3 and bool(done.all()):
+                break
+    finally:
+        model.train(was_training)
+    missing = prompt.shape[1] + max_new_tokens - tokens.shape[1]
+    if missing:  # stopped early: every row is finished, pad to the promised length
+        tokens = F.pad(tokens, (0, missing), value=pad)
+    return tokens
+
+
+def mask_after_eos(tokens: torch.Tensor, eos_token: int, start: int = 1) -> torch.Tensor:
+    """``(B, L)`` tokens -> ``(B, L - 1)`` mask of the next-token targets that count.
+
+    Target ``t`` (the prediction of ``tokens[:, t + 1]``) counts when ``t + 1 >= start`` (the
+    prompt's own tokens are not predicted) and no ``eos_token`` occurs before position
+    ``t + 1`` (the first eos is itself a target, what comes after is padding).
+    """
+    targets = tokens[:, 1:]
+    is_eos = (targets == eos_token).long()
+    ended_before = (is_eos.cumsum(1) - is_eos) > 0
+    positions = torch.arange(1, tokens.shape[1], device=tokens.device)
+    return (~ended_before) & (positions >= start)[None, :]
+
+
+@torch.no_grad()
+def sequence_log_probs(
+    model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-token log-probabilities ``log p(x_{t+1} | x_0..x_t)`` of ``tokens`` under ``model``.
+
+    ``tokens``: ``(B, L)``. Returns ``(B, L - 1)`` (float32), 0 where ``mask`` ``(B, L - 1)``
+    is false. Their sum over a row is the sequence's log-likelihood; minus their mean over the
+    unmasked tokens is the model's NLL per token (perplexity ``exp(NLL)``).
+    """
+    device = _device_of(model)
+    tokens = tokens.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        log_p = F.log_softmax(model(tokens[:, :-1]).float(), dim=-1)
+    finally:
+        model.train(was_training)
+    out = log_p.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    if mask is not None:
+        out = out * mask.to(device, out.dtype)
+    return out
+
+
+def next_token_loader(
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    batch_size: int = 64,
+    shuffle: bool = True,
+    seed: int = 0,
+) -> TensorLoader:
+    """A loader of ``(inputs, targets)`` for next-token prediction from ``(N, L)`` sequences.
+
+    ``inputs = tokens[:, :-1]`` and ``targets = tokens[:, 1:]``, both ``(N, L - 1)``, with the
+    targets where ``mask`` ``(N, L - 1)`` is false set to ``IGNORE_INDEX`` (-1): padding and
+    prompts are not predicted. The same ``(x, y)`` batches as the classification loaders, so
+    :class:`SequenceDistiller` (a :class:`kdlib.distill.Distiller`) runs them in its loop.
+    """
+    if tokens.dim() != 2 or tuple(mask.shape) != (tokens.shape[0], tokens.shape[1] - 1):
+        raise ValueError(
+            f"tokens must be (N, L) and mask (N, L - 1), got {tuple(tokens.shape)} and "
+            f"{tuple(mask.shape)}"
+        )
+    targets = tokens[:, 1:].masked_fill(~mask.bool(), IGNORE_INDEX)
+    return TensorLoader(tokens[:, :-1], targets, batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+
+@torch.no_grad()
+def sequence_kd_dataset(
+    teacher: nn.Module,
+    prompts: torch.Tensor,
+    max_new_tokens: int,
+    eos_token: int,
+    pad_token: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 512,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence-level KD's training set (Kim & Rush 2016): the teacher writes the text.
+
+    ``prompts``: ``(N, T0)``. Returns ``(tokens, mask)``: ``(N, T0 + max_new_tokens)`` sequences
+    the teacher generated from the prompts (after the first ``eos_token``, ``pad_token``) and
+    the ``(N, T0 + max_new_tokens - 1)`` mask of the generated targets (see
+    :func:`mask_after_eos`), ready for :func:`next_token_loader`. Kim & Rush take the teacher's
+    beam-search output (an approximation of its mode); this samples (``temperature=1`` keeps the
+    teacher's distribution; ``temperature=0`` is greedy decoding, a mode-seeking variant).
+    """
+    chunks = [
+        generate(
+            teacher,
+            prompts[i : i + batch_size],
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+            eos_token=eos_token,
+            pad_token=pad_token,
+        ).cpu()
+        for i in range(0, len(prompts), batch_size)
+    ]
+    tokens = torch.cat(chunks)
+    return tokens, mask_after_eos(tokens, eos_token, start=prompts.shape[1])
+
+
+# --- top-k teacher logits -------------------------------------------------------------------
+
+
+def top_k_teacher(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the teacher's ``k`` most likely tokens per position: what is stored or sent.
+
+    ``teacher_logits``: ``(..., V)``. Returns ``(log_probs, indices)``, both ``(..., k)``: the
+    exact log-probabilities (``log_softmax`` over the full vocabulary, not renormalised) of the
+    ``k`` top tokens and their ids. ``k`` values and ``k`` ids per token instead of ``V``
+    values; the missing mass ``1 - sum(exp(log_probs))`` is implied.
+    """
+    vocab = teacher_logits.shape[-1]
+    if not 1 <= k <= vocab:
+        raise ValueError(f"k must be between 1 and the vocabulary size {vocab}, got {k}")
+    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+    return log_p.topk(k, dim=-1)
+
+
+def expand_top_k(log_probs: torch.Tensor, indices: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """A full ``(..., V)`` log-distribution from :func:`top_k_teacher`'s output.
+
+    The ``k`` kept tokens keep their exact probabilities; the remainder ``r = 1 - sum`` is one
+    bucket, spread evenly over the other ``V - k`` tokens (each gets ``r / (V - k)``). Not
+    dropped: a teacher probability of exactly 0 makes the reverse KL infinite wherever the
+    student puts any mass there. Usable as ``teacher_logits`` of :func:`token_kd_loss`.
+    """
+    k = log_probs.shape[-1]
+    if k >= vocab_size:
+        out = torch.empty(*log_probs.shape[:-1], vocab_size, device=log_probs.device)
+        return out.scatter_(-1, indices, log_probs)
+    remainder = (-torch.expm1(torch.logsumexp(log_probs, dim=-1, keepdim=True))).clamp_min(1e-12)
+    fill = torch.log(remainder / (vocab_size - k))
+    out = fill.expand(*log_probs.shape[:-1], vocab_size).clone()
+    return out.scatter_(-1, indices, log_probs)
+
+
+def top_k_error(teacher_logits: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> float:
+    """Mean over (unmasked) positions of ``KL(p_T || p_T^(k))``, in nats: what keeping only
+    the top ``k`` teacher probabilities (:func:`expand_top_k`) loses. ``teacher_logits``:
+    ``(B, T, V)``, ``mask`` ``(B, T)``."""
+    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+    approx = expand_top_k(*top_k_teacher(teacher_logits, k), teacher_logits.shape[-1])
+    per_token = (log_p.exp() * (log_p - approx)).sum(-1)
+    return float(_reduce(per_token, mask, "mean"))
+
+
+# --- the training loop ----------------------------------------------------------------------
+
+
+class SequenceDistiller(Distiller):
+    """The :class:`kdlib.distill.Distiller` for language models: ``(B, T, V)`` logits, a mask.
+
+    Batches are ``(inputs, targets)`` from :func:`next_token_loader` (targets ``-1`` where no
+    token is predicted). The Distiller's loop is reused as it is: ``fit`` (progress bar,
+    ``history``, checkpoints and ``resume``), the optimizer and schedule, and bf16 autocast on
+    CUDA (``amp=True``; the losses stay float32); only :meth:`step` differs. Per step:
+
+    - no teacher: ``CE`` of the targets (the student trained on the text alone; sequence-level
+      KD is this on :func:`sequence_kd_dataset`'s text);
+    - ``mode="token"`` (off-policy): ``alpha * CE + (1 - alpha) * tau^2 * D(p_T, p_S)`` on the
+      training text, ``D`` = :func:`token_kd_loss` with ``divergence`` and ``beta``;
+    - ``mode="on_policy"`` (GKD): with probability ``lmbda`` the batch is replaced by the
+      student's own samples: the first ``prompt_length`` tokens of each input are kept, the
+      student continues them (``sample_temperature``, up to ``eos_token``) without gradient,
+      and ``tau^2 * D(p_T, p_S)`` is taken on every generated token (the teacher scores the
+      student's text; nothing is backpropagated through the sampling). Otherwise the batch is
+      used as in ``"token"``. ``alpha`` must be 0: the student's samples carry no labels.
+
+    ``teacher_top_k``: the teacher's distributions are cut to their top ``k`` per token
+    (:func:`expand_top_k`) before the loss, as if only those had been stored.
+
+    Other keyword arguments (``lr``, ``optimizer``, ``device``, ``amp``, ``progress``, ...) are
+    the Distiller's. ``history`` holds ``train_loss`` per epoch (and ``train_hard``,
+    ``train_soft``); ``generated_tokens`` counts the tokens the student sampled,
+    ``teacher_tokens`` the positions the teacher scored, ``student_tokens`` those the student
+    trained on.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        *,
+        mode: str = "token",
+        divergence: str = "forward",
+        beta: float = 0.5,
+        temperature: float = 1.0,
+        alpha: float = 0.0,
+        lmbda: float = 1.0,
+        prompt_length: int = 1,
+        eos_token: int | None = None,
+        pad_token: int | None = None,
+        sample_temperature: float = 1.0,
+        teacher_top_k: int | None = None,
+        seed: int = 0,
+        **kwargs,
+    ):
+        if mode not in ("token", "on_policy"):
+            raise ValueError(f"mode must be 'token' or 'on_policy', got {mode!r}")
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+        if divergence == "jsd" and not 0.0 < beta < 1.0:
+            raise ValueError(f"beta must lie strictly between 0 and 1, got {beta!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+        if not 0.0 <= lmbda <= 1.0:
+            raise ValueError(
+                f"lmbda (the share of on-policy batches) must lie in [0, 1], got {lmbda!r}"
+            )
+        if mode == "on_policy":
+            if teacher is None:
+                raise ValueError("mode='on_policy' needs a teacher to score the student's samples")
+            if eos_token is None:
+                raise ValueError("mode='on_policy' needs eos_token (where a sample ends)")
+            if alpha != 0.0:
+                raise ValueError(
+                    "mode='on_policy' needs alpha=0: the student's samples have no labels"
+                )
+        if kwargs.pop("cache_teacher", False):
+            raise ValueError("SequenceDistiller has no teacher cache (on-policy inputs change)")
+        super().__init__(
+            student, teacher, temperature=temperature, alpha=alpha, loss=_unused_loss, **kwargs
+        )
+        self.mode, self.divergence, self.beta = mode, divergence, beta
+        self.lmbda, self.prompt_length = lmbda, prompt_length
+        self.eos_token = eos_token
+        self.pad_token = eos_token if pad_token is None else pad_token
+        self.sample_temperature, self.teacher_top_k = sample_temperature, teacher_top_k
+        self.sampler = torch.Generator(device=self.device).manual_seed(seed)
+        self.coin = torch.Generator().manual_seed(seed + 1)  # on-policy or not, per batch
+        self.generated_tokens = self.teacher_tokens = self.student_tokens = 0
+        self._checked = False
+
+    def _on_policy_batch(self, x: torch.Tensor):
+        """The student's continuations of ``x``'s prompts: ``(inputs, mask)``."""
+        prompt = x[:, : self.prompt_length]
+        length = x.shape[1] + 1 - self.prompt_length
+        with self._autocast():
+            seq = generate(
+                self.student,
+                prompt,
+                length,
+                temperature=self.sample_temperature,
+                generator=self.sampler,
+                eos_token=self.eos_token,
+                pad_token=self.pad_token,
+            )
+        mask = mask_after_eos(seq, self.eos_token, start=self.prompt_length)
+        self.generated_tokens += int(mask.sum())
+        return seq[:, :-1], mask
+
+    def step(self, batch, student_taps=None, teacher_taps=None) -> dict:
+        """One optimisation step on ``batch = (inputs, targets)``, both ``(B, T)``."""
+        x = batch[0].to(self.device, non_blocking=True)
+        y = batch[1].to(self.device, non_blocking=True)
+        mask = y != IGNORE_INDEX
+        on_policy = (
+            self.mode == "on_policy"
+            and self.lmbda > 0
+            and float(torch.rand((), generator=self.coin)) < self.lmbda
+        )
+        if on_policy:
+            x, mask = self._on_policy_batch(x)
+        with self._autocast():
+            student_logits = self.student(x)
+        student_logits = student_logits.float()
+        parts = {}
+        if not self.teachers:
+            total = F.cross_entropy(student_logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX)
+            self.student_tokens += int(mask.sum())
+        else:
+            with torch.no_grad(), self._autocast():
+                teacher_logits = self.teachers[0](x).float()
+            if self.teacher_top_k is not None:
+                teacher_logits = expand_top_k(
+                    *top_k_teacher(teacher_logits, self.teacher_top_k), teacher_logits.shape[-1]
+                )
+            args = (self.temperature, self.divergence, self.beta, "mean")
+            if not self._checked:  # inputs checked once, then the same formula unchecked
+                soft = token_kd_loss(student_logits, teacher_logits, mask, *args)
+                self._checked = True
+            else:
+                soft = _token_kd(student_logits, teacher_logits, mask, *args)
+            soft = soft * self.temperature**2
+            n = int(mask.sum())
+            self.teacher_tokens += n
+            self.student_tokens += n
+            if self.alpha > 0 and not on_policy:
+                hard = F.cross_entropy(student_logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX)
+            else:
+                hard = torch.zeros((), device=self.device)
+            total = self.alpha * hard + (1.0 - self.alpha) * soft
+            parts = {"hard": hard.detach(), "soft": soft.detach()}
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        parts["loss"] = total.detach()
+        return parts
+
+    def fit(self, train_loader, epochs: int = 10, val_loader=None, **kwargs) -> list[dict]:
+        """:meth:`kdlib.distill.Distiller.fit`; ``val_loader`` is not supported (the
+        Distiller evaluates classifiers): evaluate with :func:`lm_metrics` afterwards."""
+        if val_loader is not None:
+            raise ValueError("SequenceDistiller.fit takes no val_loader: use lm_metrics after")
+        self._checked = False
+        history = super().fit(train_loader, epochs=epochs, **kwargs)
+        last = history[-1]["train_loss"] if history else 0.0
+        if not math.isfinite(last):
+            raise ValueError(
+                f"the loss of epoch {len(history)} is not finite ({last}): the student diverged "
+                "(lower the learning rate)"
+            )
+        return history
+
+
+def _unused_loss(*args):  # the Distiller's `loss=`: SequenceDistiller.step computes its own
+    raise RuntimeError("SequenceDistiller computes its loss in step()")
+
+
+# --- data: a source with a known next-token distribution, or a text file --------------------
+
+
+@dataclass
+class Corpus:
+    """Sentences as padded token ids.
+
+    ``tokens``: ``(N, L)``, each row ``bos w_1 .. w_k eos pad ...``; ``mask``: ``(N, L - 1)``,
+    the next-token targets that count (up to and including ``eos``); ``vocab``: the token
+    strings, ``vocab[i]`` for id ``i``.
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    vocab: list[str]
+    pad: int
+    bos: int
+    eos: int
+
+    def decode(self, row: torch.Tensor | Sequence[int]) -> str:
+        """The words of one row, from after ``bos`` up to and including ``eos``."""
+        words = []
+        for i in row.tolist() if isinstance(row, torch.Tensor) else row:
+            if i in (self.pad, self.bos):
+                continue
+            words.append(self.vocab[i])
+            if i == self.eos:
+                break
+        return " ".join(words)
+
+
+def _encode(sentences: list[list[str]], vocab: list[str], length: int) -> Corpus:
+    stoi = {w: i for i, w in enumerate(vocab)}
+    pad, bos, eos = stoi["<pad>"], stoi["<s>"], stoi["."]
+    tokens = torch.full((len(sentences), length), pad, dtype=torch.long)
+    for n, words in enumerate(sentences):
+        ids = [bos] + [stoi[w] for w in words][: length - 2] + [eos]
+        tokens[n, : len(ids)] = torch.tensor(ids)
+    return Corpus(tokens, mask_after_eos(tokens, eos), list(vocab), pad, bos, eos)
+
+
+class SentenceSource:
+    """A probabilistic grammar of short English sentences whose next-token law is known exactly.
+
+    ``the big cat near the dogs sees the birds .``: a subject (``the``/``a``, an optional
+    adjective, a noun, singular or plural), an optional attractor phrase ``near the <noun>``,
+    a verb that agrees in number with the *subject* (not with the nearer attractor: a
+    long-range dependency), an object whose form depends on the verb, and ``.`` (the end).
+    Branching points have two or more likely continuations (the verb is ``sees`` or ``likes``
+    with probability 0.45 each, ``chases`` 0.1, ...). The grammar is a deterministic automaton:
+    the state after a prefix is known, so :meth:`next_token_probs` gives the true distribution
+    ``p(x_{t+1} | x_0..x_t)`` at every position of any sequence that follows the grammar.
+    """
+
+    nouns_sg, nouns_pl = ("cat", "dog", "bird"), ("cats", "dogs", "birds")
+    noun_weights = (0.4, 0.4, 0.2)
+    verbs = {"sg": ("sees", "likes", "chases"), "pl": ("see", "like", "chase")}
+    verb_weights = (0.45, 0.45, 0.1)
+    adjectives = ("big", "small", "young")
+
+    def __init__(self):
+        words = ["<pad>", "<s>", ".", "the", "a", *self.adjectives, *self.nouns_sg]
+        words += [*self.nouns_pl, "near", *self.verbs["sg"], *self.verbs["pl"], "it", "them"]
+        self.vocab = words
+        self.stoi = {w: i for i, w in enumerate(words)}
+        self.max_length = 12  # <s> + at most 10 words + "."
+
+    def _nouns(self, number, total):
+        out = {}
+        for n, nouns in (("sg", self.nouns_sg), ("pl", self.nouns_pl)):
+            share = 1.0 if number == n else (0.5 if number is None else 0.0)
+            for w, p in zip(nouns, self.noun_weights):
+                if share:
+                    out[w] = (total * share * p, n)
+        return out
+
+    def emissions(self, state) -> dict:
+        """``{word: (probability, next state)}`` in ``state``."""
+        kind = state[0]
+        if kind == "start":
+            return {"the": (0.7, ("det", None)), "a": (0.3, ("det", "sg"))}
+        if kind in ("det", "adj"):
+            number = state[1]
+            p_adj = 0.3 if kind == "det" else 0.0
+            out = {a: (p_adj / 3, ("adj", number)) for a in self.adjectives if p_adj}
+            for w, (p, n) in self._nouns(number, 1.0 - p_adj).items():
+                out[w] = (p, ("subj", n))
+            return out
+        if kind == "subj":
+            out = {"near": (0.3, ("near", state[1]))}
+            for v, p in zip(self.verbs[state[1]], self.verb_weights):
+                out[v] = (0.7 * p, ("verb", v))
+            return out
+        if kind == "near":
+            return {"the": (1.0, ("pp", state[1]))}
+        if kind == "pp":
+            return {w: (p, ("pp_noun", state[1])) for w, (p, _) in self._nouns(None, 1.0).items()}
+        if kind == "pp_noun":
+            return {v: (p, ("verb", v)) for v, p in zip(self.verbs[state[1]], self.verb_weights)}
+        if kind == "verb":
+            lemma = state[1].rstrip("s") if state[1] != "sees" else "see"
+            p_the = {"see": 0.5, "like": 0.8, "chase": 1.0}[lemma]
+            out = {"the": (p_the, ("obj",))}
+            if p_the < 1:
+                out["it" if lemma == "see" else "them"] = (1.0 - p_the, ("end",))
+            return out
+        if kind == "obj":
+            return {w: (p, ("end",)) for w, (p, _) in self._nouns(None, 1.0).items()}
+        if kind == "end":
+            return {".": (1.0, ("done",))}
+        raise ValueError(f"no emissions after the end of a sentence (state {state})")
+
+    def sample(self, n: int, seed: int = 0) -> Corpus:
+        """``n`` sentences drawn from the grammar, as a :class:`Corpus` (same seed, same text)."""
+        rng = torch.Generator().manual_seed(seed)
+        sentences = []
+        for _ in range(n):
+            state, words = ("start",), []
+            while state[0] != "done":
+                table = self.emissions(state)
+                choices = list(table)
+                probs = torch.tensor([table[w][0] for w in choices])
+                w = choices[int(torch.multinomial(probs, 1, generator=rng))]
+                words.append(w)
+                state = table[w][1]
+            sentences.append(words[:-1])  # "." is added by the encoding
+        return _encode(sentences, self.vocab, self.max_length)
+
+    def next_token_probs(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The true next-token distributions along ``tokens`` ``(N, L)`` (each row ``<s> ...``).
+
+        Returns ``(probs, valid)``: ``probs`` ``(N, L - 1, V)``, the law of ``x_{t+1}`` given
+        ``x_0..x_t``, and ``valid`` ``(N, L - 1)``, true where that prefix follows the grammar
+        and has not ended (a row that leaves the grammar has no truth from there on).
+        """
+        rows = tokens.tolist()
+        n, length = len(rows), len(rows[0])
+        probs = torch.zeros(n, length - 1, len(self.vocab))
+        valid = torch.zeros(n, length - 1, dtype=torch.bool)
+        bos = self.stoi["<s>"]
+        for i, row in enumerate(rows):
+            if row[0] != bos:
+                continue
+            state = ("start",)
+            for t in range(length - 1):
+                table = self.emissions(state)
+                for w, (p, _) in table.items():
+                    probs[i, t, self.stoi[w]] = p
+                valid[i, t] = True
+                word = self.vocab[row[t + 1]]
+                if word not in table:
+                    break
+                state = table[word][1]
+                if state[0] == "done":
+                    break
+        return probs, valid
+
+    def log_prob(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` true log-probability of each row up to its first ``.`` (``-inf`` if the row
+        leaves the grammar or never ends)."""
+        probs, valid = self.next_token_probs(tokens)
+        p = probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        eos = self.stoi["."]
+        mask = mask_after_eos(tokens, eos)
+        ended = (tokens[:, 1:] == eos).any(1)
+        logp = torch.where(mask, p.clamp_min(0).log(), torch.zeros_like(p))
+        total = logp.sum(1)
+        return torch.where(ended, total, torch.full_like(total, float("-inf")))
+
+
+def load_text_corpus(path: str | Path, max_length: int = 16) -> Corpus:
+    """A user's text file as a :class:`Corpus`: one sentence per non-empty line, words split at
+    whitespace (lower-cased, a final ``.`` dropped: the encoding adds it), at most
+    ``max_length - 2`` words kept. The vocabulary is the file's words. It has no known truth:
+    :func:`kl_to_truth` needs a :class:`SentenceSource`."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    sentences = []
+    for line in lines:
+        words = line.lower().replace(".", " ").split()
+        if words:
+            sentences.append(words)
+    if not sentences:
+        raise ValueError(f"{path} has no text")
+    words = sorted({w for s in sentences for w in s} - {"<pad>", "<s>", "."})
+    return _encode(sentences, ["<pad>", "<s>", ".", *words], max_length)
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def kl_to_truth(
+    model: nn.Module, tokens: torch.Tensor, true_probs: torch.Tensor, valid: torch.Tensor
+) -> float:
+    """Mean over the ``valid`` positions of ``KL(p_true || p_model)`` (nats per token): how
+    far the model's next-token distribution is from the source's, on these contexts. Zero
+    probabilities of the truth contribute 0. ``tokens`` ``(N, L)``; ``true_probs``, ``valid``
+    from :meth:`SentenceSource.next_token_probs`."""
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        log_q = F.log_softmax(model(tokens[:, :-1].to(device)).float(), dim=-1).cpu()
+    finally:
+        model.train(was_training)
+    p = true_probs
+    log_p = torch.where(p > 0, p.log(), torch.zeros_like(p))
+    per_token = (p * (log_p - log_q)).sum(-1)
+    return float(_reduce(per_token, valid, "mean"))
+
+
+def distinct_ngrams(tokens: torch.Tensor, mask: torch.Tensor, n: int = 2) -> float:
+    """Distinct ``n``-grams / all ``n``-grams among the generated targets (a diversity
+    measure of samples: 1 = no ``n``-gram repeats). ``tokens`` ``(N, L)``, ``mask``
+    ``(N, L - 1)`` of the generated positions."""
+    grams, total = set(), 0
+    for row, keep in zip(tokens[:, 1:].tolist(), mask.tolist()):
+        words = [w for w, k in zip(row, keep) if k]
+        for i in range(len(words) - n + 1):
+            grams.add(tuple(words[i : i + n]))
+            total += 1
+    return len(grams) / max(total, 1)
+
+
+@torch.no_grad()
+def lm_metrics(
+    model: nn.Module,
+    test: Corpus,
+    source: SentenceSource | None = None,
+    teacher: nn.Module | None = None,
+    n_samples: int = 200,
+    seed: int = 0,
+) -> dict:
+    """What the notebook reports for a language model.
+
+    On ``test`` (held-out text): ``nll`` (nats per token), ``perplexity``, and with a ``source``
+    ``kl_truth`` (:func:`kl_to_truth`); with a ``teacher``, ``agreement`` (share of test
+    positions where the two models' most likely next tokens agree). On ``n_samples`` sentences
+    the model generates from ``<s>`` (temperature 1): ``distinct2`` (:func:`distinct_ngrams`),
+    and with a ``source`` ``invalid`` (share of samples the grammar cannot produce: the
+    student's own text, where the KL to the truth is infinite). ``samples``: those sentences.
+    """
+    out = {}
+    lp = sequence_log_probs(model, test.tokens, test.mask).cpu()
+    nll = -float(lp.sum() / test.mask.sum())
+    out.update(nll=nll, perplexity=math.exp(nll))
+    if source is not None:
+        out["kl_truth"] = kl_to_truth(model, test.tokens, *source.next_token_probs(test.tokens))
+    device = _device_of(model)
+    if teacher is not None:
+        x = test.tokens[:, :-1].to(device)
+        was = model.training
+        model.eval()
+        agree = (model(x).argmax(-1) == teacher(x).argmax(-1)).cpu()
+        model.train(was)
+        out["agreement"] = float(agree[test.mask].float().mean())
+    gen = torch.Generator(device=device).manual_seed(seed)
+    prompt = torch.full((n_samples, 1), test.bos, dtype=torch.long)
+    length = test.tokens.shape[1] - 1
+    samples = generate(
+        model, prompt, length, generator=gen, eos_token=test.eos, pad_token=test.pad
+    ).cpu()
+    mask = mask_after_eos(samples, test.eos)
+    out["distinct2"] = distinct_ngrams(samples, mask, 2)
+    if source is not None:
+        true_lp = source.log_prob(samples)
+        ok = torch.isfinite(true_lp)
+        out["invalid"] = 1.0 - float(ok.float().mean())
+    out["samples"] = samples
+    return out
