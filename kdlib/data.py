@@ -175,8 +175,28 @@ class TensorLoader:
         loader.x, loader.y = self.x.to(device), self.y.to(device)
         return loader
 
+    shard_index, num_shards, shard_pad = 0, 1, True  # the whole epoch (see shard())
+
+    def shard(self, index: int, count: int, pad: bool = True) -> TensorLoader:
+        """This loader dealing only share ``index`` of ``count`` of each epoch, for one rank of
+        a ``torch.distributed`` job: ``order[index::count]`` of the epoch's (shuffled) order,
+        padded to equal shares with ``pad`` (see ``kdlib.distributed.shard_indices``). Every
+        rank must use the same seed. The shard shares this loader's generator, like
+        :meth:`to`; ``batch_size`` is per rank."""
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard index must be in [0, count), got index={index}, count={count}")
+        loader = copy.copy(self)
+        loader.shard_index, loader.num_shards, loader.shard_pad = index, count, pad
+        return loader
+
     def __len__(self) -> int:
         n = len(self.y)
+        if self.num_shards > 1:
+            n = (
+                math.ceil(n / self.num_shards)
+                if self.shard_pad
+                else len(range(self.shard_index, n, self.num_shards))
+            )
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -185,9 +205,14 @@ class TensorLoader:
             order = torch.randperm(n, generator=self.generator).to(self.y.device)
         else:
             order = torch.arange(n, device=self.y.device)
+        gather = self.shuffle or self.num_shards > 1
+        if self.num_shards > 1:
+            from kdlib.distributed import shard_indices
+
+            order = shard_indices(order, self.shard_index, self.num_shards, self.shard_pad)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            if self.shuffle:  # index_select: the same gather as x[idx], at half the overhead
+            if gather:  # index_select: the same gather as x[idx], at half the overhead
                 xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
             else:  # contiguous slices: views, no copy
                 xb = self.x[b * self.batch_size : (b + 1) * self.batch_size]
