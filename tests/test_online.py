@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from kdlib.data import load_digits
+from kdlib.data import TensorLoader, load_digits
 from kdlib.distill import seed_everything, train_supervised
 from kdlib.losses import IGNORE_INDEX
 from kdlib.models import MLP, SmallCNN
-from kdlib.online import dml_losses, mutual_learning
+from kdlib.online import _dml_losses_unchecked, dml_losses, mutual_learning
 
 
 def _logits(k=3, n=4, c=5, seed=0):
@@ -144,3 +144,88 @@ def test_peer_term_alone_makes_the_students_agree():
         progress=False,
     )
     assert history[0][-1]["train_soft"] < 0.5 * history[0][0]["train_soft"]
+
+
+# --- host-device synchronisations -------------------------------------------------------------
+
+
+class _SyncCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the operations that make the host wait for the device.
+
+    On a GPU these are the ops that read a value back: ``aten._local_scalar_dense`` (behind
+    ``.item()``, ``bool(t)``, ``int(t)``, ``float(t)``), ``nonzero`` / ``masked_select`` (boolean
+    indexing: the output size depends on the values) and device-to-host copies. On a CPU there
+    is no device to wait for, so they are counted where they happen; ``Tensor.tolist`` (how
+    ``mutual_learning`` reads the epoch's means back) does not dispatch an op, so it is counted
+    by wrapping it.
+    """
+
+    SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.SYNC_OPS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_syncs(fn, monkeypatch):
+    counter = _SyncCounter()
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(t):
+        counter.count += 1
+        return tolist(t)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    with counter:
+        fn()
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    return counter.count
+
+
+def _dml_run(n_batches, epochs):
+    seed_everything(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16 * n_batches, 12, generator=g)
+    y = torch.randint(0, 4, (len(x),), generator=g)
+    students = [MLP(12, (8,), 4), MLP(12, (6,), 4)]
+    loader = TensorLoader(x, y, batch_size=16, shuffle=True)
+    return lambda: mutual_learning(students, loader, epochs=epochs, device="cpu", progress=False)
+
+
+def test_mutual_learning_syncs_once_per_epoch(monkeypatch):
+    # the checked loss alone: a dozen synchronisations for one batch of two students
+    zs, y = _logits(k=2, n=8)
+    per_checked_step = _count_syncs(lambda: dml_losses(zs, y), monkeypatch)
+    assert per_checked_step >= 8
+    short = _count_syncs(_dml_run(n_batches=4, epochs=1), monkeypatch)
+    long = _count_syncs(_dml_run(n_batches=12, epochs=1), monkeypatch)
+    three = _count_syncs(_dml_run(n_batches=4, epochs=3), monkeypatch)
+    assert long == short  # steps after the first add none
+    assert three - short == 2  # each further epoch adds one: reading its means back
+    assert short <= per_checked_step + 1  # the first batch's checks and the epoch's read
+
+
+def test_unchecked_fast_path_matches_dml_losses():
+    zs, y = _logits(k=3, n=6)
+    y[1] = IGNORE_INDEX
+    for tau, alpha in ((1.0, 0.5), (4.0, 0.2)):
+        totals, hards, softs = dml_losses(zs, y, tau, alpha, return_parts=True)
+        fast = _dml_losses_unchecked(zs, y.int(), tau, alpha)
+        expected = torch.stack([torch.stack(totals), torch.stack(hards), torch.stack(softs)])
+        assert torch.allclose(fast, expected, rtol=1e-6, atol=1e-7)
+    none_labelled = torch.full_like(y, IGNORE_INDEX)
+    assert torch.equal(_dml_losses_unchecked(zs, none_labelled, 1.0, 0.5)[1], torch.zeros(3))
+
+
+def test_mutual_learning_refuses_a_non_finite_epoch():
+    x = torch.randn(32, 12)
+    x[20] = float("nan")  # not in the first (checked) batch
+    loader = TensorLoader(x, torch.randint(0, 4, (32,)), batch_size=16)
+    students = [MLP(12, (8,), 4), MLP(12, (6,), 4)]
+    with pytest.raises(ValueError, match="not finite"):
+        mutual_learning(students, loader, epochs=1, device="cpu", progress=False)
