@@ -34,6 +34,7 @@ two separately weighted parts; it needs every label.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -346,16 +347,35 @@ class DKDLossParts(NamedTuple):
 _DKD_MASK = -1e9  # added (in log space) to the target logit to drop it from the NCKD softmax
 
 
+def _renamed_weight(value, old_value, name: str, old_name: str, default: float):
+    """``value`` of a renamed DKD weight, or ``old_value`` given under its old keyword."""
+    if old_value is None:
+        return value
+    if bool(value != default):
+        raise ValueError(f"give DKD's {name} once: {old_name}= is its old name")
+    warnings.warn(
+        f"dkd_loss/DKDTerm: {old_name}= is deprecated, use {name}= (the paper's {old_name}; "
+        f"kd_loss's alpha weighs the cross-entropy, not TCKD)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old_value
+
+
 def dkd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     labels: torch.Tensor,
-    alpha: float = 1.0,
-    beta: float = 8.0,
+    tckd_weight: float = 1.0,
+    nckd_weight: float = 8.0,
     temperature: float = 4.0,
     return_parts: bool = False,
+    *,
+    alpha: float | None = None,
+    beta: float | None = None,
 ) -> torch.Tensor | DKDLossParts:
-    """Decoupled KD (Zhao, Cui, Song, Qiu & Liang, CVPR 2022): ``alpha * TCKD + beta * NCKD``.
+    """Decoupled KD (Zhao, Cui, Song, Qiu & Liang, CVPR 2022, arXiv:2203.08679):
+    ``tckd_weight * TCKD + nckd_weight * NCKD``.
 
     For sample ``n`` with target ``t = y_n`` and ``p = softmax(z / tau)`` on each side:
 
@@ -367,12 +387,15 @@ def dkd_loss(
     Both are multiplied by ``tau^2`` and averaged over the batch, as in mdistiller. Classic KD
     decomposes as ``KL(p_T || p_S) = TCKD + (1 - p_T,t) * NCKD`` per sample: its NCKD weight
     shrinks exactly when the teacher is confident; DKD sets the two weights freely
-    (mdistiller's CIFAR-100 settings: ``alpha = 1``, ``beta = 8``, ``tau = 4``, added to a
-    cross-entropy term of weight 1, with the DKD part warmed up linearly over 20 epochs).
+    (the paper's alpha and beta; mdistiller's CIFAR-100 settings: ``tckd_weight = 1``,
+    ``nckd_weight = 8``, ``tau = 4``, added to a cross-entropy term of weight 1, with the DKD
+    part warmed up linearly over 20 epochs).
 
-    **DKD's alpha and beta are not kd_loss's alpha**: here ``alpha`` weights TCKD and ``beta``
-    NCKD, and there is no cross-entropy term (add one, e.g. ``Distiller(alpha=1.0,
-    terms=[DKDTerm(...)])``, whose kd_loss with alpha = 1 is plain cross-entropy).
+    The paper calls the two weights alpha and beta; they are named here for what they weigh,
+    since kd_loss's ``alpha`` weighs the cross-entropy. There is no cross-entropy term here (add
+    one, e.g. ``Distiller(alpha=1.0, terms=[DKDTerm(...)])``, whose kd_loss with alpha = 1 is
+    plain cross-entropy). The keywords ``alpha=`` and ``beta=`` are still accepted for
+    ``tckd_weight`` and ``nckd_weight``, with a DeprecationWarning.
 
     Everything is computed in log space in float32: ``log(1 - p_t)`` is a ``logsumexp`` over the
     non-target logits, and NCKD's softmax drops the target by adding a large negative number to
@@ -383,7 +406,8 @@ def dkd_loss(
         student_logits, teacher_logits: ``(N, C)`` logits with ``C >= 3``; the teacher's are
             detached.
         labels: ``(N,)`` target classes (any integer dtype); every sample needs one (no -1).
-        alpha, beta: weights of TCKD and NCKD, finite numbers >= 0 (0-d tensors accepted).
+        tckd_weight, nckd_weight: weights of TCKD and NCKD (the paper's alpha and beta),
+            finite numbers >= 0 (0-d tensors accepted).
         temperature: tau > 0, finite.
         return_parts: return :class:`DKDLossParts` ``(total, tckd, nckd)``.
 
@@ -391,11 +415,14 @@ def dkd_loss(
         ValueError: fewer than 3 classes (with 2 the non-target distribution has a single class
             and NCKD is always 0), missing or unlabelled (-1) labels, bool or floating labels,
             an empty batch, shape mismatches, NaN, infinite or negative weights; the message
-            names the argument.
+            names the argument; ``alpha=`` together with ``tckd_weight=`` (or ``beta=`` with
+            ``nckd_weight=``).
     """
+    tckd_weight = _renamed_weight(tckd_weight, alpha, "tckd_weight", "alpha", 1.0)
+    nckd_weight = _renamed_weight(nckd_weight, beta, "nckd_weight", "beta", 8.0)
     _check_temperature(temperature)
     _check_pair(student_logits, teacher_logits)
-    for label, w in (("alpha", alpha), ("beta", beta)):
+    for label, w in (("tckd_weight", tckd_weight), ("nckd_weight", nckd_weight)):
         value = _as_number(w, f"DKD's {label}")
         if not (value >= 0 and math.isfinite(value)):
             raise ValueError(f"DKD's {label} must be a number >= 0 and finite, got {w!r}")
@@ -433,7 +460,7 @@ def dkd_loss(
         log_b_t, log_hat_t = parts(teacher_logits.detach())
     tckd = F.kl_div(log_b_s, log_b_t, reduction="batchmean", log_target=True) * tau2
     nckd = F.kl_div(log_hat_s, log_hat_t, reduction="batchmean", log_target=True) * tau2
-    total = alpha * tckd + beta * nckd
+    total = tckd_weight * tckd + nckd_weight * nckd
     if return_parts:
         return DKDLossParts(total, tckd, nckd)
     return total
@@ -443,22 +470,28 @@ class DKDTerm(torch.nn.Module):
     """:func:`dkd_loss` as a ``kdlib.distill.Distiller`` term (uses the batch's logits and labels).
 
     ``Distiller(student, teacher, alpha=1.0, terms=[DKDTerm()])`` trains with cross-entropy
-    (kd_loss at alpha = 1) plus ``weight * (alpha * TCKD + beta * NCKD)``, mdistiller's recipe
-    without its warm-up. ``alpha``/``beta``/``temperature`` are DKD's own (see
-    :func:`dkd_loss`). Every training sample needs a label.
+    (kd_loss at alpha = 1) plus ``weight * (tckd_weight * TCKD + nckd_weight * NCKD)``,
+    mdistiller's recipe without its warm-up. ``tckd_weight``/``nckd_weight``/``temperature``
+    are DKD's own (see :func:`dkd_loss`; ``alpha=``/``beta=`` still work, deprecated). Every
+    training sample needs a label.
     """
 
     def __init__(
         self,
-        alpha: float = 1.0,
-        beta: float = 8.0,
+        tckd_weight: float = 1.0,
+        nckd_weight: float = 8.0,
         temperature: float = 4.0,
         weight: float = 1.0,
         name: str = "dkd",
+        *,
+        alpha: float | None = None,
+        beta: float | None = None,
     ):
         super().__init__()
-        self.alpha, self.beta, self.temperature = alpha, beta, temperature
-        self.weight, self.name = weight, name
+        tckd_weight = _renamed_weight(tckd_weight, alpha, "tckd_weight", "alpha", 1.0)
+        nckd_weight = _renamed_weight(nckd_weight, beta, "nckd_weight", "beta", 8.0)
+        self.tckd_weight, self.nckd_weight = tckd_weight, nckd_weight
+        self.temperature, self.weight, self.name = temperature, weight, name
 
     def forward(self, batch) -> torch.Tensor:
         if batch.teacher_logits is None:
@@ -467,13 +500,13 @@ class DKDTerm(torch.nn.Module):
             batch.student_logits,
             batch.teacher_logits,
             batch.labels,
-            self.alpha,
-            self.beta,
+            self.tckd_weight,
+            self.nckd_weight,
             self.temperature,
         )
 
     def extra_repr(self) -> str:
         return (
-            f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, "
-            f"weight={self.weight}"
+            f"tckd_weight={self.tckd_weight}, nckd_weight={self.nckd_weight}, "
+            f"temperature={self.temperature}, weight={self.weight}"
         )

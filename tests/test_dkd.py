@@ -47,7 +47,7 @@ def test_dkd_by_hand():
     hs = [ps[1] / (1 - ps[0]), ps[2] / (1 - ps[0])]
     ht = [pt[1] / (1 - pt[0]), pt[2] / (1 - pt[0])]
     nckd = sum(b * math.log(b / a) for a, b in zip(hs, ht))
-    out = dkd_loss(s, t, y, alpha=0.5, beta=3.0, temperature=tau, return_parts=True)
+    out = dkd_loss(s, t, y, tckd_weight=0.5, nckd_weight=3.0, temperature=tau, return_parts=True)
     assert isinstance(out, DKDLossParts)
     assert out.tckd.item() == pytest.approx(tau**2 * tckd, rel=1e-5)
     assert out.nckd.item() == pytest.approx(tau**2 * nckd, rel=1e-5)
@@ -57,7 +57,7 @@ def test_dkd_by_hand():
 def test_dkd_matches_mdistiller_formula():
     s, t, y = _tensors()
     for alpha, beta, tau in ((1.0, 8.0, 4.0), (0.5, 2.0, 1.0)):
-        ours = dkd_loss(s, t, y, alpha=alpha, beta=beta, temperature=tau)
+        ours = dkd_loss(s, t, y, tckd_weight=alpha, nckd_weight=beta, temperature=tau)
         assert torch.allclose(ours, _mdistiller_dkd(s, t, y, alpha, beta, tau), rtol=1e-4)
 
 
@@ -79,8 +79,8 @@ def test_dkd_weights_select_its_parts():
     s, t, y = _tensors(seed=1)
     parts = dkd_loss(s, t, y, return_parts=True)
     assert torch.allclose(parts.total, 1.0 * parts.tckd + 8.0 * parts.nckd)
-    assert torch.allclose(dkd_loss(s, t, y, alpha=1.0, beta=0.0), parts.tckd)
-    assert torch.allclose(dkd_loss(s, t, y, alpha=0.0, beta=1.0), parts.nckd)
+    assert torch.allclose(dkd_loss(s, t, y, tckd_weight=1.0, nckd_weight=0.0), parts.tckd)
+    assert torch.allclose(dkd_loss(s, t, y, tckd_weight=0.0, nckd_weight=1.0), parts.nckd)
     assert parts.tckd.item() > 0 and parts.nckd.item() > 0
     same = dkd_loss(s, s.clone(), y, return_parts=True)
     assert same.tckd.abs().item() < 1e-6 and same.nckd.abs().item() < 1e-6
@@ -120,20 +120,37 @@ def test_dkd_guards():
         dkd_loss(s, t[:, :3], y)
     with pytest.raises(ValueError, match="labels out of range"):
         dkd_loss(s, t, torch.tensor([0, 1, 2, 3, 4]))
-    with pytest.raises(ValueError, match="beta must be a number >= 0"):
-        dkd_loss(s, t, y, beta=-1.0)
+    with pytest.raises(ValueError, match="nckd_weight must be a number >= 0"):
+        dkd_loss(s, t, y, nckd_weight=-1.0)
     with pytest.raises(ValueError, match="temperature"):
         dkd_loss(s, t, y, temperature=0.0)
 
 
 def test_dkd_term_protocol():
     s, t, y = _tensors()
-    term = DKDTerm(alpha=2.0, beta=4.0, temperature=3.0, weight=0.5)
+    term = DKDTerm(tckd_weight=2.0, nckd_weight=4.0, temperature=3.0, weight=0.5)
     assert term.weight == 0.5 and term.name == "dkd"
     batch = Batch(torch.rand(5, 1), y, None, s, t)
     assert torch.allclose(term(batch), dkd_loss(s, t, y, 2.0, 4.0, 3.0))
     with pytest.raises(ValueError, match="needs a teacher"):
         term(Batch(torch.rand(5, 1), y, None, s, None))
+
+
+def test_dkd_old_weight_names_still_work_with_a_deprecation_warning():
+    # the paper's alpha/beta were renamed: kd_loss's alpha weighs the cross-entropy, not TCKD
+    s, t, y = _tensors(seed=2)
+    want = dkd_loss(s, t, y, tckd_weight=2.0, nckd_weight=3.0)
+    with pytest.warns(DeprecationWarning, match="use tckd_weight="):
+        got = dkd_loss(s, t, y, alpha=2.0, nckd_weight=3.0)
+    assert torch.equal(got, want)
+    with pytest.warns(DeprecationWarning, match="use nckd_weight="):
+        assert torch.equal(dkd_loss(s, t, y, 2.0, beta=3.0), want)
+    with pytest.warns(DeprecationWarning):
+        term = DKDTerm(alpha=2.0, beta=3.0)
+    assert (term.tckd_weight, term.nckd_weight) == (2.0, 3.0)
+    with pytest.raises(ValueError, match="tckd_weight once"):
+        dkd_loss(s, t, y, tckd_weight=0.5, alpha=2.0)
+    assert "tckd_weight=1.0, nckd_weight=8.0" in repr(DKDTerm())
 
 
 def test_dkd_trains_a_student_on_digits():
