@@ -3,18 +3,30 @@
 Functions on tensors take logits ``(N, C)`` and labels ``(N,)``; :func:`predict` collects a
 model's logits over a dataset first, and :func:`compare` does it all for a teacher and a
 student at once.
+
+Hinton's bias correction for a class the student never saw (Hinton, Vinyals & Dean, "Distilling
+the Knowledge in a Neural Network", NIPS 2014 Deep Learning Workshop, arXiv:1503.02531,
+section 3) is here too: :func:`bias_for_rate` finds the shift of one class's logit that makes a
+model predict that class at a chosen rate on unlabelled inputs, and :func:`correct_class_bias`
+adds it to the bias of the model's output layer.
 """
 
 from __future__ import annotations
 
-import torch
+import math
 
-from kdlib.losses import IGNORE_INDEX, kl_divergence
+import torch
+from torch import nn
+
+from kdlib.losses import IGNORE_INDEX, check_logits, kl_divergence
 
 __all__ = [
     "accuracy",
     "agreement",
+    "bias_for_rate",
     "compare",
+    "correct_class_bias",
+    "output_layer",
     "expected_calibration_error",
     "mean_std",
     "predict",
@@ -95,7 +107,11 @@ def teacher_student_kl(
 
 
 def compare(student, teacher, data, device=None) -> dict:
-    """Accuracy of both models, their agreement, the student's ECE and KL(teacher || student)."""
+    """Accuracy and calibration of both models, their agreement and KL(teacher || student).
+
+    Keys: ``student_accuracy``, ``teacher_accuracy``, ``agreement``, ``student_ece``,
+    ``teacher_ece`` (:func:`expected_calibration_error`) and ``kl_teacher_student`` (at tau = 1).
+    """
     s_logits, labels = predict(student, data, device)
     t_logits, _ = predict(teacher, data, device)
     t_logits = t_logits.to(s_logits.device)
@@ -104,8 +120,135 @@ def compare(student, teacher, data, device=None) -> dict:
         "teacher_accuracy": accuracy(t_logits, labels),
         "agreement": agreement(s_logits, t_logits),
         "student_ece": expected_calibration_error(s_logits, labels),
+        "teacher_ece": expected_calibration_error(t_logits, labels),
         "kl_teacher_student": teacher_student_kl(t_logits, s_logits),
     }
+
+
+# --- Hinton's bias correction for an omitted class ---------------------------------------------
+
+
+def _check_class_and_rate(target_class: int, rate: float, num_classes: int) -> None:
+    if isinstance(target_class, bool) or not isinstance(target_class, int):
+        raise ValueError(f"target_class must be an int class index, got {target_class!r}")
+    if not 0 <= target_class < num_classes:
+        raise ValueError(
+            f"target_class must be in [0, {num_classes - 1}] (the model has {num_classes} "
+            f"classes), got {target_class}"
+        )
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be a number in [0, 1], got {rate!r}")
+
+
+def bias_for_rate(logits: torch.Tensor, target_class: int, rate: float) -> float:
+    """The shift ``delta`` of one class's logit that makes it the prediction at a given rate.
+
+    With ``z`` the logits ``(N, C)`` of unlabelled inputs and ``k = target_class``, adding
+    ``delta`` to ``z[:, k]`` (the same as adding it to the bias of class ``k`` in the output
+    layer) makes row ``i`` predict ``k`` exactly when ``delta > m_i``, its margin
+    ``m_i = max_{c != k} z[i, c] - z[i, k]``. The returned ``delta`` lies halfway between the
+    ``r``-th and ``(r + 1)``-th smallest margins, ``r = round(rate * N)``, so that exactly ``r``
+    of these rows predict ``k`` (barring ties); below all margins (``rate = 0``) or above all
+    (``rate = 1``) it keeps a distance of 1 from the nearest. It may be negative (a class
+    predicted too often).
+
+    This is Hinton's correction for a class the student never saw in training (Hinton et al.
+    2015, section 3): its logit is biased down, and shifting it so that the class is
+    predicted as often as it occurs (its prior, or the teacher's rate of predicting it)
+    needs no labels.
+
+    Args:
+        logits: ``(N, C)`` finite logits of the inputs the rate is measured on.
+        target_class: the class ``k`` to shift. rate: the wanted fraction in [0, 1].
+
+    Raises:
+        ValueError: non-finite or badly shaped logits, a class out of range, a rate outside
+            [0, 1]; the message names the argument.
+    """
+    check_logits(logits, "logits")
+    _check_class_and_rate(target_class, rate, logits.shape[1])
+    if logits.shape[1] < 2:
+        raise ValueError(f"logits need at least 2 classes to shift one, got {logits.shape[1]}")
+    z = logits.detach().to("cpu", torch.float64)  # (MPS has no float64)
+    others = z.clone()
+    others[:, target_class] = -math.inf
+    margins = (others.max(dim=1).values - z[:, target_class]).sort().values
+    n = len(margins)
+    r = min(max(int(round(rate * n)), 0), n)
+    if r == 0:
+        return float(margins[0]) - 1.0
+    if r == n:
+        return float(margins[-1]) + 1.0
+    return float((margins[r - 1] + margins[r]) / 2)
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The ``nn.Linear`` that produces ``model``'s logits: the last one in ``model.head`` (kdlib's
+    models keep their output layer there), else the last one in the model."""
+    head = getattr(model, "head", model)
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(
+            f"found no nn.Linear output layer in {type(model).__name__}; pass layer= explicitly"
+        )
+    return linears[-1]
+
+
+@torch.no_grad()
+def correct_class_bias(
+    model: nn.Module,
+    inputs,
+    target_class: int,
+    rate: float,
+    layer: nn.Linear | None = None,
+    device=None,
+) -> float:
+    """Shift the output bias of ``target_class`` so that ``model`` predicts it at ``rate``.
+
+    Hinton's bias correction (see :func:`bias_for_rate`), applied in place: the logits of
+    ``inputs`` are computed in eval mode, ``delta = bias_for_rate(logits, target_class, rate)``
+    is added to ``layer.bias[target_class]``, and ``delta`` is returned. The model then
+    predicts ``target_class`` on a fraction ``rate`` of ``inputs`` (up to ties), and on
+    other inputs from the same distribution at about that rate.
+
+    Args:
+        model: a classifier whose logits come straight out of ``layer``.
+        inputs: unlabelled inputs, a tensor ``(N, ...)``, or anything :func:`predict` takes (a
+            ``kdlib.data.Split``, an ``(x, y)`` pair, a loader); labels are not used.
+        target_class: the class to shift. rate: the wanted fraction of predictions in [0, 1],
+            e.g. the class's share of the teacher's training labels.
+        layer: the output ``nn.Linear`` (default :func:`output_layer`), which needs a bias.
+        device: where to run the model (default: where its parameters are).
+
+    Raises:
+        ValueError: a bad class or rate, a layer without a bias or with the wrong number of
+            outputs, or a model whose logits do not move by exactly ``delta`` (the layer is not
+            its last operation); the bias is left unchanged then.
+    """
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs, torch.full((len(inputs),), IGNORE_INDEX, dtype=torch.long))
+    logits, _ = predict(model, inputs, device)
+    _check_class_and_rate(target_class, rate, logits.shape[1])
+    layer = layer if layer is not None else output_layer(model)
+    if not isinstance(layer, nn.Linear) or layer.bias is None:
+        raise ValueError(f"layer must be an nn.Linear with a bias, got {layer!r}")
+    if layer.out_features != logits.shape[1]:
+        raise ValueError(
+            f"layer has {layer.out_features} outputs but the model gives {logits.shape[1]} "
+            f"logits: pass the output layer as layer="
+        )
+    delta = bias_for_rate(logits, target_class, rate)
+    layer.bias[target_class] += delta
+    shifted, _ = predict(model, inputs, device)
+    expected = logits.clone()
+    expected[:, target_class] += delta
+    if not torch.allclose(shifted, expected, rtol=1e-4, atol=1e-4 * max(1.0, abs(delta))):
+        layer.bias[target_class] -= delta
+        raise ValueError(
+            "shifting layer.bias did not shift the logits by delta: layer is not the model's "
+            "last operation; pass its output layer as layer="
+        )
+    return delta
 
 
 def mean_std(values) -> tuple[float, float]:
