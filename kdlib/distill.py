@@ -221,7 +221,12 @@ class Distiller:
         cache_teacher: compute the teacher's logits once per training sample and reuse them
             every epoch. Needs a loader that yields ``(x, y, index)`` and has no random
             transform (else the cached logits would belong to other inputs): refused
-            otherwise.
+            otherwise, and refused with ``augment``.
+        augment: consistent teaching (Beyer et al., "Knowledge distillation: A good teacher
+            is patient and consistent", CVPR 2022, arXiv:2106.05237): a function ``x -> x'``
+            applied to every training batch ``x`` (on the device) before the teacher and the
+            student see it, so both see the *same* augmented view, e.g.
+            :func:`kdlib.data.random_shift`. The teacher then runs every step (no cache).
         label_smoothing: for the hard term when there is no teacher.
         progress: show a tqdm progress bar (``KDLIB_PROGRESS=0`` turns bars off everywhere).
 
@@ -255,6 +260,7 @@ class Distiller:
         amp: bool = False,
         channels_last: bool = False,
         cache_teacher: bool = False,
+        augment: Callable | None = None,
         label_smoothing: float = 0.0,
         progress: bool = True,
     ):
@@ -262,7 +268,7 @@ class Distiller:
         self._freeze_teachers(teacher, combine_teachers)
         self._choose_loss(loss, temperature, alpha, label_smoothing)
         self._attach_terms(terms)
-        self._plan_teacher_cache(cache_teacher)
+        self._plan_teacher_cache(cache_teacher, augment)
         self._make_optimizer(optimizer, lr, weight_decay, lr_schedule)
         self.progress = progress and os.environ.get("KDLIB_PROGRESS", "1") != "0"
         self.history: list[dict] = []
@@ -338,9 +344,20 @@ class Distiller:
         if self.teacher_feature_names and len(self.teachers) != 1:
             raise ValueError("terms that tap teacher features need exactly one teacher")
 
-    def _plan_teacher_cache(self, cache_teacher) -> None:
-        """Decide whether teacher logits are cached, and reset the per-loader bookkeeping."""
+    def _plan_teacher_cache(self, cache_teacher, augment=None) -> None:
+        """Decide whether teacher logits are cached (never with ``augment``, the consistent
+        mode), and reset the per-loader bookkeeping."""
+        if augment is not None and not callable(augment):
+            raise ValueError(f"augment must be a function x -> x', got {augment!r}")
+        self.augment = augment
         self.cache_teacher = bool(cache_teacher)
+        if self.cache_teacher and augment is not None:
+            raise ValueError(
+                "cache_teacher=True was refused with augment: cached logits belong to the "
+                "un-augmented images, while the student sees a new view each step. For "
+                "consistent teaching keep augment and set cache_teacher=False (the teacher "
+                "sees the same view as the student); for precomputed teacher outputs drop augment"
+            )
         if self.cache_teacher and not self.teachers:
             raise ValueError("cache_teacher=True needs a teacher")
         if self.cache_teacher and self.teacher_feature_names:
@@ -450,6 +467,8 @@ class Distiller:
         index = batch[2] if len(batch) > 2 else None
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
+        if self.augment is not None:  # one view for the teacher and the student alike
+            x = self.augment(x)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.cache_teacher:
@@ -515,7 +534,9 @@ class Distiller:
             raise ValueError(
                 "cache_teacher=True was refused: the training loader applies a random "
                 "transform, so the same index gives different inputs each epoch and cached "
-                "teacher logits would not match them. Turn augmentation off or the cache off."
+                "teacher logits would not match them. Turn augmentation off, or the cache off "
+                "(then the teacher sees the same augmented view as the student: consistent "
+                "teaching; Distiller(augment=...) does the same from a plain loader)."
             )
         n = getattr(loader, "dataset_size", None)
         if n is None:

@@ -119,6 +119,38 @@ def test_cache_refused_when_inputs_change(digits, teacher):
         )
 
 
+def test_augment_shows_teacher_and_student_the_same_view(digits, teacher):
+    seen = {"teacher": [], "student": []}
+    student = models.SmallCNN(width=4)
+    hooks = [
+        teacher.register_forward_hook(lambda m, i, o: seen["teacher"].append(i[0].clone())),
+        student.register_forward_hook(lambda m, i, o: seen["student"].append(i[0].clone())),
+    ]
+    loader = digits.train.loader(64, shuffle=True, seed=0)
+    try:
+        seed_everything(0)
+        Distiller(student, teacher, augment=data.random_shift, lr=1e-3, progress=False).fit(
+            loader, 1
+        )
+    finally:
+        for h in hooks:
+            h.remove()
+    clean = [xb for xb, _ in loader]
+    assert len(seen["teacher"]) == len(seen["student"]) == len(clean)
+    for t_view, s_view, x in zip(seen["teacher"], seen["student"], clean):
+        assert torch.equal(t_view, s_view), "teacher and student must see one augmented view"
+    moved = sum(not torch.equal(v, x) for v, x in zip(seen["student"], clean))
+    assert moved == len(clean), "every batch is augmented"
+
+
+def test_cache_with_augment_is_refused_pointing_to_consistent_mode(digits, teacher):
+    student = models.MLP(64, (32,), 10)
+    with pytest.raises(ValueError, match="cache_teacher=False"):
+        Distiller(student, teacher, cache_teacher=True, augment=data.random_shift)
+    with pytest.raises(ValueError, match="augment must be a function"):
+        Distiller(student, teacher, augment="shift")
+
+
 def test_checkpoint_and_resume_continue_exactly(digits, teacher, tmp_path):
     straight, _ = _run(digits, teacher, epochs=4)
 
