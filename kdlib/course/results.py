@@ -10,9 +10,15 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
+import platform
+from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["save_results", "load_results"]
+__all__ = ["save_results", "load_results", "load_full_mode", "store_full_mode"]
+
+#: where the course keeps the full-mode figures its notebooks quote: <repository>/data/full_mode
+FULL_MODE_DIR = Path(__file__).resolve().parents[2] / "data" / "full_mode"
 
 
 def _plain(value):
@@ -52,3 +58,47 @@ def save_results(notebook: str, figures: dict, results_dir: str | Path | None) -
 def load_results(path: str | Path) -> dict:
     """Read a file written by :func:`save_results`; returns its ``figures`` dict."""
     return json.loads(Path(path).read_text())["figures"]
+
+
+def load_full_mode(notebook: str, folder: str | Path | None = None) -> dict | None:
+    """The full-mode record of ``notebook`` stored by :func:`store_full_mode`, or ``None``.
+
+    A record is ``{"notebook", "figures", "date", "machine", "command"}``: the headline figures
+    that ``kdlib course run --full --only NN`` made on that date, on that machine. Notebooks
+    show them beside the figures of the run the reader just made, so that a sentence about a
+    result that only full mode shows can be written conditionally and still be checked.
+    ``folder`` defaults to the repository's ``data/full_mode`` (``$KDLIB_FULL_MODE`` overrides).
+    """
+    folder = Path(folder or os.environ.get("KDLIB_FULL_MODE") or FULL_MODE_DIR)
+    path = folder / f"{notebook}.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def store_full_mode(
+    results_file: str | Path, command: str, folder: str | Path | None = None
+) -> Path:
+    """Copy a full-mode ``results/<notebook>.json`` into ``data/full_mode`` with its provenance.
+
+    ``results_file`` is what ``kdlib course run --full --only NN --out DIR`` wrote
+    (``DIR/results/<notebook>.json``); ``command`` the command line that made it. Adds the date
+    (UTC), the machine (CPU, cores, OS, torch and CUDA device) and the command.
+    """
+    import torch
+
+    payload = json.loads(Path(results_file).read_text())
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+    payload.update(
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=(
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+            f"{platform.system()} {platform.release()}, torch {torch.__version__}, {device}"
+        ),
+        command=command,
+    )
+    folder = Path(folder or FULL_MODE_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{payload['notebook']}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path
