@@ -93,12 +93,42 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+class _PoolIfWide(nn.Module):
+    """2x2 max-pool while the map is at least ``min_size`` pixels on both sides, else identity:
+    how much a block pools follows the input, so any image size works."""
+
+    def __init__(self, min_size: int = 4):
+        super().__init__()
+        self.min_size = min_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) >= self.min_size:
+            return nn.functional.max_pool2d(x, 2)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"kernel_size=2, when H, W >= {self.min_size}"
+
+
 class SmallCNN(_Staged):
     """``depth`` blocks of conv3x3-BN-ReLU (+ 2x2 max-pool while the map is >= 4 pixels wide),
     channels ``width, 2*width, 4*width, ...``, then global average pooling and a linear head.
 
-    Input ``(N, in_channels, H, W)``. Features: ``block1 ... blockD`` (feature maps) and
-    ``pool`` ``(N, channels)``.
+    Input ``(N, in_channels, H, W)``, any ``H, W``: each block decides from the size of the map
+    it receives whether to pool, so 8x8 digits pool 8 -> 4 -> 2 and 28x28 MNIST
+    28 -> 14 -> 7 -> 3. ``image_size`` is optional: given, it is checked, and an input of
+    another size raises ``ValueError`` (a model built for 8x8 digits fed 28x28 images is
+    usually a mistake); ``None`` (the default) accepts every size.
+
+    Features: ``block1 ... blockD`` (feature maps) and ``pool`` ``(N, channels)``.
+
+    Attributes:
+        head: ``nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))``, the
+            classifier on the pooled features; ``head[-1]`` is the output layer, whose bias
+            :func:`kdlib.metrics.correct_class_bias` shifts and whose input width is
+            ``head[-1].in_features``.
+        feature_names: ``("block1", ..., "blockD", "pool")``.
+        width, depth, image_size: the constructor's arguments.
     """
 
     def __init__(
@@ -107,24 +137,40 @@ class SmallCNN(_Staged):
         num_classes: int = 10,
         width: int = 32,
         depth: int = 2,
-        image_size: int = 8,
+        image_size: int | None = None,
         dropout: float = 0.0,
     ):
         super().__init__()
-        names, cin, size = [], in_channels, image_size
+        if image_size is not None and (
+            isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+        ):
+            raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+        names, cin = [], in_channels
         for k in range(depth):
             cout = width * 2**k
             block = _conv_bn_relu(cin, cout)
-            if size >= 4:
-                block.append(nn.MaxPool2d(2))
-                size //= 2
+            block.append(_PoolIfWide(4))
             setattr(self, f"block{k + 1}", block)
             names.append(f"block{k + 1}")
             cin = cout
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.feature_names = tuple(names) + ("pool",)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, num_classes))
-        self.width, self.depth = width, depth
+        self.width, self.depth, self.image_size = width, depth, image_size
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        if x.dim() != 4:
+            raise ValueError(
+                f"SmallCNN takes images (N, C, H, W), got shape {tuple(x.shape)}; reshape flat "
+                f"inputs, e.g. x.view(-1, 1, 8, 8)"
+            )
+        if self.image_size is not None and tuple(x.shape[-2:]) != (self.image_size,) * 2:
+            raise ValueError(
+                f"this SmallCNN was built for {self.image_size}x{self.image_size} images "
+                f"(image_size={self.image_size}), got {x.shape[-2]}x{x.shape[-1]}: pass "
+                f"image_size={x.shape[-1]}, or image_size=None to accept any size"
+            )
+        return super().forward(x, return_features)
 
 
 class BasicBlock(nn.Module):
