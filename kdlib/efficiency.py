@@ -18,6 +18,11 @@ Timing rules that every function here keeps:
 
 Energy and cloud cost scale with the compute time per sample, so throughput (samples per
 second at a large batch) stands for them here.
+
+A timing depends on what else the machine is doing; the operation count (:func:`flops`, from
+``torch.utils.flop_counter``) and the byte counts do not. Show them beside every timing, and
+time with one thread (``benchmark(threads=1)``, the default), so that two models compared in
+one run compete for the same single core.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ __all__ = [
     "ActivationMemory",
     "activation_memory",
     "benchmark",
+    "flops",
     "measure_latency",
     "synchronize",
     "throughput",
@@ -189,6 +195,34 @@ def activation_memory(
     return ActivationMemory(total, peak)
 
 
+def flops(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+) -> int:
+    """Floating-point operations of one forward pass on ``batch_size`` samples.
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode`` over the operators PyTorch has
+    formulas for (matrix products, convolutions, attention): a multiply-add counts 2, so a
+    ``Linear(n, m)`` costs ``2 n m`` per sample; element-wise operations (ReLU, BatchNorm in
+    eval mode, additions) are not counted. The count depends only on the model and the shape,
+    never on the machine or its load. Runs in eval mode (restored) without autograd.
+    """
+    shape = _check_shape(input_shape, batch_size, 1, 0)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = torch.device(device) if device is not None else _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros((batch_size, *shape), device=device))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
 def benchmark(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -196,22 +230,34 @@ def benchmark(
     throughput_batch: int = 256,
     repeats: int = 50,
     device: torch.device | str | None = None,
+    threads: int | None = 1,
 ) -> dict:
     """All the costs of one model in a flat dict, for a teacher-versus-student table.
 
-    Keys: ``parameters`` (count), ``model_bytes`` (parameters and buffers), ``latency_ms``
-    (median at ``latency_batch``), ``throughput`` (samples/s at ``throughput_batch``, median of
-    ``max(repeats // 5, 3)`` batches), ``activation_bytes`` (peak, at ``latency_batch``) and
-    ``activation_bytes_total`` (all activations, at ``latency_batch``).
+    Keys: ``parameters`` (count), ``model_bytes`` (parameters and buffers), ``flops`` (per
+    sample, :func:`flops`), ``latency_ms`` (median at ``latency_batch``), ``throughput``
+    (samples/s at ``throughput_batch``, median of ``max(repeats // 5, 3)`` batches),
+    ``activation_bytes`` (peak, at ``latency_batch``) and ``activation_bytes_total`` (all
+    activations, at ``latency_batch``). The timings run after warm-up calls on ``threads``
+    CPU threads (``torch.set_num_threads``, restored afterwards; ``None``: leave it as it is).
     """
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
     memory = activation_memory(model, input_shape, latency_batch, device)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        latency = measure_latency(model, input_shape, latency_batch, repeats, 5, device)
+        rate = throughput(model, input_shape, throughput_batch, max(repeats // 5, 3), 3, device)
+    finally:
+        torch.set_num_threads(before)
     return {
         "parameters": count_parameters(model),
         "model_bytes": model_size_bytes(model),
-        "latency_ms": 1e3 * measure_latency(model, input_shape, latency_batch, repeats, 5, device),
-        "throughput": throughput(
-            model, input_shape, throughput_batch, max(repeats // 5, 3), 3, device
-        ),
+        "flops": flops(model, input_shape, 1, device),
+        "latency_ms": 1e3 * latency,
+        "throughput": rate,
         "activation_bytes": memory.peak,
         "activation_bytes_total": memory.total,
     }

@@ -10,6 +10,7 @@ from kdlib.efficiency import (
     ActivationMemory,
     activation_memory,
     benchmark,
+    flops,
     measure_latency,
     throughput,
 )
@@ -94,6 +95,7 @@ def test_benchmark_keys_and_sizes():
     assert set(result) == {
         "parameters",
         "model_bytes",
+        "flops",
         "latency_ms",
         "throughput",
         "activation_bytes",
@@ -103,6 +105,19 @@ def test_benchmark_keys_and_sizes():
     assert result["model_bytes"] == model_size_bytes(model)
     assert result["latency_ms"] > 0 and result["throughput"] > 0
     assert 0 < result["activation_bytes"] <= result["activation_bytes_total"]
+    assert result["flops"] == flops(model, (1, 8, 8))
+
+
+def test_flops_of_an_mlp_by_hand_and_independent_of_threads():
+    model = MLP(64, (32,), 10)
+    # two matrix products: 2 * (64 * 32 + 32 * 10) operations per sample (a multiply-add is 2)
+    assert flops(model, (1, 8, 8)) == 2 * (64 * 32 + 32 * 10)
+    assert flops(model, (1, 8, 8), batch_size=5) == 5 * 2 * (64 * 32 + 32 * 10)
+    threads = torch.get_num_threads()
+    benchmark(model, (1, 8, 8), throughput_batch=8, repeats=3, threads=1)
+    assert torch.get_num_threads() == threads, "benchmark restores the thread count"
+    wide, narrow = SmallCNN(width=32), SmallCNN(width=8)
+    assert flops(wide, (1, 8, 8)) > 10 * flops(narrow, (1, 8, 8))
 
 
 @pytest.mark.parametrize(
