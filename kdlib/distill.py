@@ -16,6 +16,13 @@ Helpers: :func:`pick_device` (CUDA, then MPS, then CPU), :func:`seed_everything`
 optional ``student_features`` / ``teacher_features`` lists of module names to tap (see
 ``kdlib.features``). A term that is an ``nn.Module`` with parameters (a FitNets adapter, say)
 is moved to the device and trained with the student.
+
+Under ``torchrun`` (``torch.distributed``), the same code trains on several processes: the
+Distiller joins the process group (initialising it from torchrun's environment by default),
+wraps the student in ``DistributedDataParallel`` (the frozen teachers stay unwrapped: no
+gradient to synchronise), gives each rank its share of every epoch's batches, averages the
+losses, metrics and adapter gradients over the ranks, and prints and saves on rank 0 only
+(``kdlib.distributed``; ``python -m kdlib.examples.ddp``).
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdlib import distributed as kdist
 from kdlib.data import TensorLoader
 from kdlib.features import FeatureTaps
 from kdlib.losses import IGNORE_INDEX, KDLossParts, kd_loss
+from kdlib.runtime import progress_enabled
 
 __all__ = [
     "pick_device",
@@ -125,7 +134,7 @@ def _device_of(model: nn.Module) -> torch.device:
 
 def _batches(data, batch_size: int = 512):
     """Accept a loader (yielding tuples) or a ``Split``/``(x, y)`` pair; yield ``(x, y)``."""
-    if hasattr(data, "x") and hasattr(data, "y"):
+    if hasattr(data, "x") and hasattr(data, "y") and not isinstance(data, TensorLoader):
         data = data.loader(batch_size=batch_size)
     elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
@@ -143,6 +152,14 @@ def evaluate(model: nn.Module, data, device: torch.device | None = None) -> dict
     ``data``: a loader yielding ``(x, y[, index])``, a ``kdlib.data.Split`` or an ``(x, y)``
     pair. Samples labelled -1 are skipped. Puts the model in eval mode and restores its mode.
     """
+    loss, correct, count = _evaluation_sums(model, data, device)
+    count = max(count, 1)
+    return {"loss": loss.item() / count, "accuracy": correct.item() / count}
+
+
+def _evaluation_sums(model: nn.Module, data, device: torch.device | None = None):
+    """``(summed cross-entropy, number correct, number of labelled samples)`` of ``model`` on
+    ``data``: the first two as 0-d tensors on the device, the count an int."""
     device = device or _device_of(model)
     was_training = model.training
     model.eval()
@@ -158,8 +175,7 @@ def evaluate(model: nn.Module, data, device: torch.device | None = None) -> dict
         correct += (logits.argmax(1) == y).sum()
         count += len(y)
     model.train(was_training)
-    count = max(count, 1)
-    return {"loss": loss.item() / count, "accuracy": correct.item() / count}
+    return loss, correct, count
 
 
 @dataclass
@@ -228,7 +244,15 @@ class Distiller:
             student see it, so both see the *same* augmented view, e.g.
             :func:`kdlib.data.random_shift`. The teacher then runs every step (no cache).
         label_smoothing: for the hard term when there is no teacher.
-        progress: show a tqdm progress bar (``KDLIB_PROGRESS=0`` turns bars off everywhere).
+        progress: show a tqdm progress bar; ``None`` (default): where a person watches
+            (JupyterLab, a terminal), not under papermill, nbgrader or CI (see
+            :func:`kdlib.runtime.progress_enabled`; ``KDLIB_PROGRESS=0`` turns bars off).
+        distributed: ``"auto"`` (default): train on all the ranks of the ``torch.distributed``
+            process group when there is one, initialising it from torchrun's environment when
+            this process was started by torchrun with more than one process (see
+            ``kdlib.distributed.init_from_env``), else in this process alone; ``True``: the
+            same, but raise ``ValueError`` when there is no group to join; ``False``: this
+            process alone, even inside a group. With several ranks (see "Several processes").
 
     After :meth:`fit`, ``history`` holds one dict per epoch: ``epoch``, ``train_loss`` (and
     ``train_hard``, ``train_soft``, one entry per term), ``val_loss``, ``val_accuracy``,
@@ -240,6 +264,23 @@ class Distiller:
     small ops and several host-device synchronisations per step); an epoch whose mean loss is
     not finite then raises ``ValueError``. Once every sample's logits are cached,
     ``cache_teacher`` looks them up without checking which are.
+
+    Several processes (``torchrun --nproc_per_node N``, one GPU each, or gloo on CPUs): each
+    rank trains on ``cuda:LOCAL_RANK`` (for ``device`` ``"auto"`` or ``"cuda"``), the student
+    wrapped in ``DistributedDataParallel`` (``student`` stays the bare model: its
+    ``state_dict`` has no ``module.`` prefix, and feature taps use its names); the parameters
+    of loss terms (adapters) are broadcast from rank 0 once and their gradients averaged over
+    the ranks at every step. ``fit`` deals each epoch out (``kdlib.distributed.shard_loader``:
+    a ``TensorLoader`` or ``DataLoader`` shuffles with the same seed on every rank and each
+    rank takes ``order[rank::N]``, padded to equal shares; a ``DistributedSampler`` gets
+    ``set_epoch`` each epoch): ``batch_size`` is per rank, so N ranks with batch ``B`` make the
+    steps of one process with batch ``N * B``. The logged losses are the means over all ranks'
+    samples, the validation metrics are computed on disjoint shares of the validation data
+    and summed; the bar and the checkpoints are rank 0's; ``resume`` reads the checkpoint on
+    rank 0 and sends it to the others, so a run continues on any number of ranks. With
+    ``cache_teacher``, each rank computes the teacher's logits of its share and the cache is
+    summed over the ranks at the end of the epoch: the teacher runs once per sample in all.
+    BatchNorm statistics are rank 0's (DistributedDataParallel broadcasts them at each step).
     """
 
     def __init__(
@@ -262,23 +303,47 @@ class Distiller:
         cache_teacher: bool = False,
         augment: Callable | None = None,
         label_smoothing: float = 0.0,
-        progress: bool = True,
+        progress: bool | None = None,
+        distributed: bool | str = "auto",
     ):
+        self._join_process_group(distributed)
         self._place_on_device(student, device, amp, channels_last)
         self._freeze_teachers(teacher, combine_teachers)
         self._choose_loss(loss, temperature, alpha, label_smoothing)
         self._attach_terms(terms)
+        self._wrap_for_ddp()
         self._plan_teacher_cache(cache_teacher, augment)
         self._make_optimizer(optimizer, lr, weight_decay, lr_schedule)
-        self.progress = progress and os.environ.get("KDLIB_PROGRESS", "1") != "0"
+        self.progress = progress_enabled(progress)
         self.history: list[dict] = []
         self.epoch = 0
 
     # --- construction, step by step ---------------------------------------------------------
 
+    def _join_process_group(self, distributed) -> None:
+        """Decide whether to train on the ranks of a ``torch.distributed`` group (initialised
+        from torchrun's environment when needed, see ``distributed``): ``world_size``, ``rank``."""
+        if distributed not in (True, False, "auto"):
+            raise ValueError(f"distributed must be True, False or 'auto', got {distributed!r}")
+        if distributed and not kdist.is_initialized():
+            if kdist.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+                kdist.init_from_env()
+            elif distributed is True:
+                raise ValueError(
+                    "distributed=True but there is no torch.distributed process group: start "
+                    "the script with torchrun, or call torch.distributed.init_process_group first"
+                )
+        joined = bool(distributed) and kdist.is_initialized()
+        self.world_size = kdist.world_size() if joined else 1
+        self.rank = kdist.rank() if joined else 0
+
     def _place_on_device(self, student, device, amp, channels_last) -> None:
         """Pick the device and move the student there (channels-last and bf16 on CUDA only)."""
         self.device = pick_device(device if device is not None else "auto")
+        if self.world_size > 1:  # one GPU per process: cuda:LOCAL_RANK
+            self.device = kdist.local_device(self.device)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # where NCCL's collectives run
         self.use_amp = bool(amp) and self.device.type == "cuda"
         self.channels_last = bool(channels_last) and self.device.type == "cuda"
         self.student = student.to(self.device)
@@ -343,6 +408,28 @@ class Distiller:
         )
         if self.teacher_feature_names and len(self.teachers) != 1:
             raise ValueError("terms that tap teacher features need exactly one teacher")
+
+    def _wrap_for_ddp(self) -> None:
+        """With several ranks, wrap the student in ``DistributedDataParallel`` (which copies
+        rank 0's weights to every rank) and give the terms rank 0's parameters; the training
+        forward pass goes through ``_train_student``."""
+        self._train_student = self.student
+        self._shards = None  # (training loader, this rank's share of it)
+        self._term_params = [
+            p
+            for t in self.terms
+            if isinstance(t, nn.Module)
+            for p in t.parameters()
+            if p.requires_grad
+        ]
+        if self.world_size == 1:
+            self._term_params = []  # no gradient to average
+            return
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self._train_student = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
+        for term in self.terms:
+            if isinstance(term, nn.Module):
+                kdist.broadcast_module(term)
 
     def _plan_teacher_cache(self, cache_teacher, augment=None) -> None:
         """Decide whether teacher logits are cached (never with ``augment``, the consistent
@@ -420,8 +507,11 @@ class Distiller:
         torch.set_rng_state(state["torch_rng"])
 
     def save_checkpoint(self, path: str | Path, loader=None) -> Path:
-        """Write everything needed to resume (and the loader's shuffling state) to ``path``."""
+        """Write everything needed to resume (and the loader's shuffling state) to ``path``.
+        With several ranks, rank 0 writes and the others do nothing (their state is the same)."""
         path = Path(path)
+        if self.rank != 0:
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
         generator = getattr(loader, "generator", None)
@@ -430,7 +520,15 @@ class Distiller:
         return path
 
     def load_checkpoint(self, path: str | Path, loader=None) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        """Continue from a checkpoint of :meth:`save_checkpoint`, written with any number of
+        ranks. With several ranks, rank 0 reads the file and sends its contents to the others."""
+        if self.world_size > 1:
+            state = None
+            if self.rank == 0:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+            state = kdist.broadcast_object(state)
+        else:
+            state = torch.load(path, map_location=self.device, weights_only=False)
         self.load_state_dict(state)
         generator = getattr(loader, "generator", None)
         if generator is not None and state.get("loader_rng") is not None:
@@ -488,7 +586,7 @@ class Distiller:
         if student_taps is not None:
             student_taps.clear()
         with self._autocast():
-            student_logits = self.student(x)
+            student_logits = self._train_student(x)
         student_logits = student_logits.float()
 
         if self._loss_checked and self.loss is self._default_loss:
@@ -521,6 +619,8 @@ class Distiller:
 
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self._term_params:  # adapters, outside the DDP wrapper: average their gradients
+            kdist.all_reduce_grads(self._term_params)
         self.optimizer.step()
         parts["loss"] = total.detach()
         return parts
@@ -579,10 +679,10 @@ class Distiller:
         each epoch; with ``resume=True`` and an existing checkpoint, continues from it. Returns
         ``history``.
         """
-        if resume and checkpoint is not None and Path(checkpoint).exists():
+        if resume and checkpoint is not None and self._checkpoint_exists(checkpoint):
             self.load_checkpoint(checkpoint, train_loader)
         self._prepare_cache(train_loader)
-        train_loader = self._on_device(train_loader)
+        train_loader = self._shard(self._on_device(train_loader))
         if train_loader is not self._checked_loader:  # new data: check its first batch
             self._loss_checked = False
             self._checked_loader = train_loader
@@ -604,12 +704,15 @@ class Distiller:
         bar = tqdm(
             total=max(epochs - self.epoch, 0) * steps,
             desc="distil" if self.teachers else "train",
-            disable=not self.progress,
+            disable=not self.progress or self.rank != 0,
             leave=False,
         )
         try:
             while self.epoch < epochs:
                 start = time.perf_counter()
+                sampler = getattr(train_loader, "sampler", None)
+                if hasattr(sampler, "set_epoch"):  # DistributedSampler: this epoch's order
+                    sampler.set_epoch(self.epoch)
                 self.student.train()
                 for term in self.terms:
                     if isinstance(term, nn.Module):
@@ -623,7 +726,10 @@ class Distiller:
                     self.scheduler.step()
                 self.epoch += 1
                 record = {"epoch": self.epoch}
-                record.update(_epoch_means(steps, sizes))
+                means = _epoch_means(steps, sizes)
+                if self.world_size > 1:  # the means over every rank's samples
+                    means = kdist.all_reduce_mean(means, weight=sum(sizes))
+                record.update(means)
                 if self._default_loss is not None and not math.isfinite(
                     record.get("train_loss", 0.0)
                 ):
@@ -633,9 +739,13 @@ class Distiller:
                         "rate) or the inputs contain NaN or inf"
                     )
                 if self.cache_teacher and not self._cache_complete:
+                    if self.world_size > 1:
+                        self._merge_cache_shards()
                     self._update_cache_complete()
+                if self.world_size > 1:  # every rank evaluates with rank 0's BatchNorm stats
+                    kdist.broadcast_module(self.student, buffers_only=True)
                 if val_loader is not None:
-                    metrics = evaluate(self.student, val_loader, self.device)
+                    metrics = self.evaluate(val_loader)
                     record["val_loss"] = metrics["loss"]
                     record["val_accuracy"] = metrics["accuracy"]
                 record["seconds"] = time.perf_counter() - start
@@ -657,8 +767,51 @@ class Distiller:
         return self.history
 
     def evaluate(self, data) -> dict:
-        """Accuracy and loss of the student on ``data`` (see :func:`evaluate`)."""
-        return evaluate(self.student, data, self.device)
+        """Accuracy and loss of the student on ``data`` (see :func:`evaluate`). With several
+        ranks, each evaluates its share of ``data`` and the sums are added up over the ranks:
+        the figures of the whole of ``data``, the same on every rank."""
+        if self.world_size == 1:
+            return evaluate(self.student, data, self.device)
+        if isinstance(data, (tuple, list)) and len(data) == 2:
+            data = TensorLoader(data[0], data[1], batch_size=512)
+        elif hasattr(data, "x") and hasattr(data, "y") and not isinstance(data, TensorLoader):
+            data = TensorLoader(data.x, data.y, batch_size=512)
+        share = kdist.shard_loader(data, self.rank, self.world_size, train=False)
+        loss, correct, count = _evaluation_sums(self.student, share, self.device)
+        sums = torch.stack([loss.double(), correct.double(), loss.new_tensor(count).double()])
+        loss, correct, count = kdist.all_reduce_sum(sums).tolist()
+        count = max(count, 1)
+        return {"loss": loss / count, "accuracy": correct / count}
+
+    # --- several ranks ----------------------------------------------------------------------
+
+    def _checkpoint_exists(self, path) -> bool:
+        """Whether ``path`` exists (on rank 0, which reads it, when there are several ranks)."""
+        exists = Path(path).exists()
+        return kdist.broadcast_object(exists) if self.world_size > 1 else exists
+
+    def _shard(self, loader):
+        """This rank's share of the training ``loader`` (the same object across ``fit`` calls,
+        so its first batch is checked once); ``loader`` itself in one process."""
+        if self.world_size == 1:
+            return loader
+        if self._shards is None or self._shards[0] is not loader:
+            share = kdist.shard_loader(loader, self.rank, self.world_size, train=True)
+            self._shards = (loader, share)
+        return self._shards[1]
+
+    def _merge_cache_shards(self) -> None:
+        """Add up the ranks' teacher-logit caches (each filled on its share of the epoch): one
+        all-reduce of the logits and of the cached flags; a sample cached on two ranks (the
+        padding of :func:`kdlib.distributed.shard_indices`) gets the mean of its two copies."""
+        if self._cache is None:
+            return
+        flags = self._cached.to(self._cache.dtype)
+        table = torch.cat([self._cache * flags[:, None], flags[:, None]], dim=1)
+        table = kdist.all_reduce_sum(table)
+        counts = table[:, -1]
+        self._cache = table[:, :-1] / counts.clamp_min(1)[:, None]
+        self._cached = counts > 0
 
 
 def _adam(params: list, lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -732,12 +885,13 @@ def train_supervised(
     device: str | torch.device | None = None,
     amp: bool = False,
     channels_last: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
+    distributed: bool | str = "auto",
 ) -> list[dict]:
     """Train ``model`` on the labels alone (a teacher, or a baseline student); returns history.
 
     The same loop as :class:`Distiller` without a teacher: cross-entropy (optionally with label
-    smoothing), samples labelled -1 skipped.
+    smoothing), samples labelled -1 skipped. Under torchrun, on all the ranks (``distributed``).
     """
     trainer = Distiller(
         model,
@@ -751,5 +905,6 @@ def train_supervised(
         channels_last=channels_last,
         label_smoothing=label_smoothing,
         progress=progress,
+        distributed=distributed,
     )
     return trainer.fit(train_loader, epochs=epochs, val_loader=val_loader)
