@@ -20,7 +20,8 @@ teacher, on the same data, with the same batch size, optimiser (Adam, lr 1e-3) a
     d             (CUDA only) ``Distiller(amp=True, channels_last=True)``: bf16 autocast
     e             (CUDA only) c and d together
 
-The plain loop is the course's minimal example (COURSE_SOURCE.md, section 5) in the obvious loop::
+The plain loop is the minimal PyTorch example most tutorials show (``distillation_loss`` of
+notebook 02, section 2) in the obvious loop::
 
     for x, y in loader:
         with torch.no_grad():
