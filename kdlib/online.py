@@ -22,7 +22,6 @@ gradient of ``L_i`` alone, so one ``backward`` serves all.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from kdlib.distill import _adam, _supervised_loss, evaluate, pick_device
 from kdlib.losses import _check_alpha, _check_temperature, check_logits, hard_loss, soft_loss
+from kdlib.runtime import progress_enabled
 
 __all__ = ["dml_losses", "mutual_learning"]
 
@@ -127,7 +127,7 @@ def mutual_learning(
     weight_decay: float = 0.0,
     optimizer: Callable | None = None,
     device: str | torch.device | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> list[list[dict]]:
     """Train ``students`` together by deep mutual learning; returns one history per student.
 
@@ -141,7 +141,8 @@ def mutual_learning(
             device has a fused kernel, as in the Distiller).
         optimizer: a factory ``params -> torch.optim.Optimizer``, called once per student.
         device: where to train (default :func:`kdlib.distill.pick_device`).
-        progress: a tqdm bar (``KDLIB_PROGRESS=0`` turns it off).
+        progress: a tqdm bar; ``None``: where a person watches, not under papermill, nbgrader
+            or CI (see :func:`kdlib.runtime.progress_enabled`).
 
     Every step runs each student on the batch, computes all ``K`` losses (peers detached),
     back-propagates their sum once and steps every optimiser. History entries per epoch:
@@ -167,7 +168,7 @@ def mutual_learning(
     make_optimizer = optimizer or (lambda params: _adam(params, lr, weight_decay))
     optimizers = [make_optimizer([p for p in s.parameters() if p.requires_grad]) for s in students]
     histories: list[list[dict]] = [[] for _ in students]
-    show = progress and os.environ.get("KDLIB_PROGRESS", "1") != "0"
+    show = progress_enabled(progress)
     bar = tqdm(total=epochs * len(train_loader), desc="mutual", disable=not show, leave=False)
     checked = False  # dml_losses has checked a batch of train_loader
     try:

@@ -54,7 +54,7 @@ def born_again(
     weight_decay: float = 0.0,
     seed: int | None = None,
     device: str | torch.device | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     **distiller_kwargs,
 ) -> list[Generation]:
     """Train ``generations`` born-again generations; returns ``[Generation(model, history)]``.
@@ -72,7 +72,8 @@ def born_again(
         lr, weight_decay: Adam's, for every generation.
         seed: if given, ``seed_everything(seed + k)`` before building generation ``k``.
         device: where to train.
-        progress: tqdm bars.
+        progress: tqdm bars; ``None``: where a person watches (see
+            :func:`kdlib.runtime.progress_enabled`).
         **distiller_kwargs: passed on to every :class:`~kdlib.distill.Distiller` (e.g.
             ``cache_teacher=True``, ``optimizer=...``).
 
