@@ -35,3 +35,80 @@ def test_claims_01(course):
     # "the whole pattern follows the true similarity"
     assert f["similar_within_over_across"] > 10
     assert f["similar_log_correlation"] > 0.5
+
+
+def test_claims_02(course):
+    f = figures(course, "02_formal_loss")
+    # section 2: the tutorial example and kd_loss compute the same number
+    assert f["seed_vs_kdlib_max_abs_diff"] < 1e-4
+    # section 4: "with tau^2 the norm varies by a small factor, without it by orders of magnitude";
+    # "the slope printed above is close to the -2 of the expansion"
+    assert f["soft_grad_spread_with_tau2"] < 3 < 100 < f["soft_grad_spread_without_tau2"]
+    assert -2.5 < f["bare_kl_grad_loglog_slope"] < -1.5
+    # section 5: "The ratio is exactly the number of classes"
+    assert abs(f["batchmean_over_mean_digits"] - 10) < 1e-4
+    # section 6: "the gap closes steadily and the two coincide"
+    assert f["logit_matching_gap_tau_max"] < 0.01 < f["logit_matching_gap_tau1"]
+    # section 7: KL = TCKD + (1 - p_t) NCKD, per sample
+    assert f["dkd_identity_max_abs_error"] < 1e-5
+    assert 0 < f["dkd_median_nckd_weight"] < 1
+
+
+def test_claims_03(course):
+    f = figures(course, "03_training_loop")
+    best_student = max(f["full_labels_baseline_mean"], f["full_labels_kd_mean"])
+    # experiment 1: "The teacher is well above both students: it has something to teach"
+    assert f["teacher_test_accuracy"] > best_student + 0.01
+    # "with all the labels, plain distillation gains this tiny student little or nothing"
+    assert f["full_labels_gain"] < 0.02
+    # experiment 2 and the take-aways: "with scarce labels it helps clearly"
+    spread = max(f["few_labels_baseline_std"], f["few_labels_kd_std"])
+    assert f["few_labels_gain"] > max(0.02, spread)
+    # why KD works: "With 100 labels ... the KD student is well above the label-smoothing one,
+    # which stays within a few points of the labels-only baseline"
+    assert f["few_labels_KD_accuracy"] > f["few_labels_label_smoothing_accuracy"] + 0.02
+    assert abs(f["few_labels_label_smoothing_accuracy"] - f["few_labels_labels_only_accuracy"]) < 0.05
+    # "Even on its own training images the KD student predicts a class other than the
+    # teacher's on some of them, and its KL is not 0"; "with 100 labels its agreement is higher
+    # than the labels-only student's"
+    assert f["full_labels_KD_train_agreement"] < 1 and f["few_labels_KD_train_agreement"] < 1
+    assert f["full_labels_KD_kl"] > 0 and f["few_labels_KD_kl"] > 0
+    assert f["few_labels_KD_agreement"] > f["few_labels_labels_only_agreement"]
+    # experiment 3: "the scratch student is blind to 3s before the correction"; "after the bias
+    # correction ... the distilled one recognises more 3s than the scratch one"
+    assert f["omitted_scratch_recall"] < 0.05
+    assert f["omitted_kd_recall_corrected"] > f["omitted_scratch_recall_corrected"]
+    # experiment 4: "the alpha = 1 column must be the same at every temperature";
+    # "the best cell has alpha < 1"
+    assert f["sweep_alpha1_spread"] < 1e-9
+    assert f["sweep_best_alpha"] < 1
+
+
+def test_claims_04(course):
+    f = figures(course, "04_feature_distillation")
+    # section 6: "the large gain comes from the teacher's outputs: the table shows how far KD
+    # lifts the student above training on the labels alone"
+    spread = max(f["kd_accuracy_std"], f["student_alone_accuracy_std"])
+    assert f["kd_accuracy_mean"] - f["student_alone_accuracy_mean"] > max(0.02, spread)
+    # "the KD + AT student's maps are closer to the teacher's (its printed AT loss is lower than
+    # the KD student's)"
+    assert f["at_loss_kd_at"] < f["at_loss_kd"]
+    # every student stays below its teacher
+    for key in ("student_alone", "kd", "kd_hint", "kd_at"):
+        assert f[f"{key}_accuracy_mean"] < f["teacher_accuracy"]
+
+
+def test_claims_05(course):
+    f = figures(course, "05_distillation_vs_finetuning")
+    # "fine-tuning against large, from scratch: same architecture, same parameters"; "fine-tuning
+    # changes what the model knows, not what it costs"
+    assert f["fine_tuning_parameters"] == f["large_from_scratch_parameters"] == f["reference_parameters"]
+    # "distillation against fine-tuning: the size and latency columns show the compression"
+    assert f["distillation_parameters"] < f["fine_tuning_parameters"]
+    assert f["distillation_latency_ms"] < f["fine_tuning_latency_ms"]
+    # the table of the introduction, measured: a teacher ran for distillation, none for
+    # fine-tuning; the student can be fine-tuned afterwards at the same size
+    assert f["distillation_teacher_batches"] > 0 == f["fine_tuning_teacher_batches"]
+    assert f["distillation_then_fine_tuning_parameters"] == f["distillation_parameters"]
+    # fast mode runs more than one seed, so that the table has a spread to read differences by
+    assert f["n_seeds"] >= 2
