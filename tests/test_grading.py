@@ -39,7 +39,7 @@ pytest.importorskip("nbgrader")
 
 from nbgrader.api import Gradebook  # noqa: E402
 
-from kdlib import grading  # noqa: E402
+from kdlib.course import grade as grading  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "grading"

@@ -51,6 +51,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -473,6 +474,33 @@ def _zero_failed(db_url: str, course_id: str, assignment: str, student: str) -> 
         gb.db.commit()
 
 
+@dataclass
+class _Grading:
+    """Everything one ``grade`` run needs once its arguments are checked."""
+
+    course: Path
+    cfg: object  # the course's nbgrader Config, with this run's overrides merged in
+    source_dir: Path
+    known: dict[str, list[str]]  # assignment -> its notebooks, from the source folder
+    named: list[str]  # assignments named on the command line
+    sub_root: Path
+    out: Path
+    submitted: Path
+    in_place: bool  # grading <out>/submitted itself
+    db_url: str
+    csv_path: Path
+    issues_path: Path
+    timeout: int | None
+    feedback: bool
+    echo: Callable
+    issues: list[Issue] = field(default_factory=list)
+    graded: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.out / "logs"
+
+
 def grade(
     submissions: str | Path,
     assignments: list[str] | None = None,
@@ -487,9 +515,26 @@ def grade(
 ) -> Report:
     """Grade a folder of submissions; see the module docstring. Raises GradingError on usage
     errors; every problem with a submission is an Issue in the returned Report."""
-    import nbformat
-    from traitlets.config import Config
+    run = _check_arguments(submissions, assignments, course_dir, out, db_url, timeout,
+                           csv_path, feedback, echo)
+    _ensure_alembic_on_path()
+    subs, selected = _find_submissions(run)
+    with tempfile.TemporaryDirectory(prefix="kdlib-grade-release-") as release_dir:
+        api = _nbgrader_api(run, release_dir)
+        for name in selected:
+            mine = [s for s in subs if s.assignment == name]
+            checksums = _register_assignment(run, api, name, release_dir, len(mine))
+            if checksums is None:
+                continue
+            for sub in mine:
+                _grade_submission(run, api, sub, checksums)
+    return _write_reports(run, api.coursedir.course_id, selected)
 
+
+def _check_arguments(submissions, assignments, course_dir, out, db_url, timeout, csv_path,
+                     feedback, echo) -> _Grading:
+    """Find the course and its assignments, check the folders, and create the output folder
+    (and the SQLite gradebook's folder). Raises GradingError for every usage error."""
     course = Path(course_dir).resolve() if course_dir else find_course_dir()
     if not course.is_dir():
         raise GradingError(f"course folder {course} does not exist")
@@ -520,123 +565,158 @@ def grade(
                            f"{' '.join(bad_chars)}")
     db_url = db_url or "sqlite:///" + str(out / "gradebook.db")
     csv_path = Path(csv_path).resolve() if csv_path else out / "grades.csv"
-    issues_path = out / "issues.csv"
     out.mkdir(parents=True, exist_ok=True)
     db_dir = _sqlite_dir(db_url)
     if db_dir is not None:
         db_dir.mkdir(parents=True, exist_ok=True)
+    return _Grading(course, cfg, source_dir, known, named, sub_root, out, submitted, in_place,
+                    db_url, csv_path, out / "issues.csv", timeout, feedback, echo)
 
-    _ensure_alembic_on_path()
-    subs, issues = scan_submissions(sub_root, known, named)
-    selected = named or sorted({s.assignment for s in subs})
+
+def _find_submissions(run: _Grading) -> tuple[list[Submission], list[str]]:
+    """The submissions to grade, sorted, and the assignments to grade; what cannot be graded
+    goes to ``run.issues``."""
+    subs, run.issues = scan_submissions(run.sub_root, run.known, run.named)
+    selected = run.named or sorted({s.assignment for s in subs})
     skipped = [s for s in subs if s.assignment not in selected]
     if skipped:
-        echo(f"skipping {len(skipped)} submission(s) of assignments not named on the command line")
+        run.echo(f"skipping {len(skipped)} submission(s) of assignments not named on the "
+                 "command line")
     subs = sorted((s for s in subs if s.assignment in selected),
                   key=lambda s: (s.assignment, s.student))
-    if not subs and not issues:
-        issues.append(Issue("", "", "no-notebook", f"{sub_root}: no submissions found"))
+    if not subs and not run.issues:
+        run.issues.append(Issue("", "", "no-notebook", f"{run.sub_root}: no submissions found"))
+    return subs, selected
 
-    logs_dir = out / "logs"
-    graded: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="kdlib-grade-release-") as release_dir:
-        overrides = Config()
-        overrides.CourseDirectory.root = str(course)
-        overrides.CourseDirectory.release_directory = release_dir  # never the committed release
-        overrides.CourseDirectory.submitted_directory = str(submitted)
-        overrides.CourseDirectory.autograded_directory = str(out / "autograded")
-        overrides.CourseDirectory.feedback_directory = str(out / "feedback")
-        overrides.CourseDirectory.db_url = db_url
-        if timeout is not None:
-            overrides.Execute.timeout = int(timeout)
-        cfg.merge(overrides)
-        cfg.NbGraderAPI.log_level = logging.INFO
 
-        from nbgrader.api import Gradebook
-        from nbgrader.apps import NbGraderAPI
+def _nbgrader_api(run: _Grading, release_dir: str):
+    """nbgrader's API on the course's config, with this run's folders, gradebook and timeout;
+    the release goes to ``release_dir``, never to the committed ``notebooks/``."""
+    from traitlets.config import Config
 
-        api = NbGraderAPI(config=cfg)
-        course_id = api.coursedir.course_id
+    overrides = Config()
+    overrides.CourseDirectory.root = str(run.course)
+    overrides.CourseDirectory.release_directory = release_dir
+    overrides.CourseDirectory.submitted_directory = str(run.submitted)
+    overrides.CourseDirectory.autograded_directory = str(run.out / "autograded")
+    overrides.CourseDirectory.feedback_directory = str(run.out / "feedback")
+    overrides.CourseDirectory.db_url = run.db_url
+    if run.timeout is not None:
+        overrides.Execute.timeout = int(run.timeout)
+    run.cfg.merge(overrides)
+    run.cfg.NbGraderAPI.log_level = logging.INFO
 
-        for name in selected:
-            mine = [s for s in subs if s.assignment == name]
-            echo(f"{name}: registering the assignment from {source_dir / name}")
-            result = api.generate_assignment(name, force=True, create=True)
-            _save_log(logs_dir / name / "_generate_assignment.log", result)
-            if not result["success"]:
-                reason = _failure_reason(result)
-                issues.append(Issue(name, "", "assignment-failed",
-                                    f"{source_dir / name}: nbgrader generate_assignment failed "
-                                    f"({reason}); its {len(mine)} submission(s) were not graded"))
-                continue
-            release_sums, source_sums = {}, {}
-            with Gradebook(db_url, course_id) as gb:
-                for nb_name in known[name]:
-                    rel = read_notebook(Path(release_dir) / name / f"{nb_name}.ipynb")
-                    release_sums[nb_name] = _locked_checksums(rel)
-                    nb_row = gb.find_notebook(nb_name, name)
-                    source_sums[nb_name] = {c.name: c.checksum for c in nb_row.source_cells
-                                            if c.locked}
+    from nbgrader.apps import NbGraderAPI
 
-            for sub in mine:
-                who = f"{name}/{sub.student}"
-                dest = submitted / sub.student / name
-                notebooks, found = import_submission(sub, known[name], dest, in_place)
-                issues.extend(found)
-                if not notebooks:
-                    echo(f"{who}: not graded (see the problems reported)")
-                    continue
-                for nb_name, nb in sorted(notebooks.items()):
-                    modified, missing = check_locked_cells(nb, release_sums[nb_name],
-                                                           source_sums[nb_name])
-                    if modified:
-                        issues.append(Issue(name, sub.student, "locked-cell-modified",
-                                            f"{dest / nb_name}.ipynb: locked cell(s) "
-                                            f"{', '.join(modified)} edited by the student; "
-                                            "restored from the gradebook before grading"))
-                    if missing:
-                        issues.append(Issue(name, sub.student, "locked-cell-missing",
-                                            f"{dest / nb_name}.ipynb: locked cell(s) "
-                                            f"{', '.join(missing)} deleted by the student; "
-                                            "their points need a manual grade"))
-                result = api.autograde(name, sub.student, force=True, create=True)
-                _save_log(logs_dir / name / f"{sub.student}.log", result)
-                if not result["success"]:
-                    _zero_failed(db_url, course_id, name, sub.student)
-                    issues.append(Issue(name, sub.student, "autograde-failed",
-                                        f"{dest}: autograding failed ({_failure_reason(result)}); "
-                                        f"scored 0 pending a manual grade; log: "
-                                        f"{logs_dir / name / sub.student}.log"))
-                    echo(f"{who}: autograding FAILED")
-                    continue
-                graded.append((name, sub.student))
-                for nb_name in sorted(notebooks):
-                    path = out / "autograded" / sub.student / name / f"{nb_name}.ipynb"
-                    if path.is_file():
-                        cut = timed_out_cells(nbformat.read(str(path), as_version=4))
-                        if cut:
-                            limit = _config_value(cfg, "Execute", "timeout", 30)
-                            issues.append(Issue(name, sub.student, "cell-timeout",
-                                                f"{path}: {', '.join(cut)} cut after the "
-                                                f"per-cell timeout ({limit} s)"))
-                if feedback:
-                    result = api.generate_feedback(name, sub.student, force=True)
-                    _save_log(logs_dir / name / f"{sub.student}.feedback.log", result)
-                    if not result["success"]:
-                        issues.append(Issue(name, sub.student, "feedback-failed",
-                                            f"feedback for {who} failed "
-                                            f"({_failure_reason(result)})"))
-                with Gradebook(db_url, course_id) as gb:
-                    s = gb.find_submission(name, sub.student)
-                    echo(f"{who}: {_fmt(s.score)}/{_fmt(s.max_score)}")
+    return NbGraderAPI(config=run.cfg)
 
-    columns, rows = export_grades(db_url, course_id, selected, source_dir)
-    _write_csv(csv_path, columns, rows)
-    issues = sorted(set(issues))
-    _write_csv(issues_path, ["assignment", "student", "issue", "detail"],
+
+def _register_assignment(run: _Grading, api, name: str, release_dir: str, n_subs: int):
+    """Record assignment ``name`` in the gradebook from the source folder (locked cells,
+    hidden tests). Returns ``(release_sums, source_sums)``: per notebook, the checksums of its
+    locked cells in the release and in the gradebook; ``None`` when nbgrader failed (reported,
+    and its ``n_subs`` submissions are not graded)."""
+    from nbgrader.api import Gradebook
+
+    run.echo(f"{name}: registering the assignment from {run.source_dir / name}")
+    result = api.generate_assignment(name, force=True, create=True)
+    _save_log(run.logs_dir / name / "_generate_assignment.log", result)
+    if not result["success"]:
+        run.issues.append(Issue(name, "", "assignment-failed",
+                                f"{run.source_dir / name}: nbgrader generate_assignment failed "
+                                f"({_failure_reason(result)}); its {n_subs} submission(s) "
+                                "were not graded"))
+        return None
+    release_sums, source_sums = {}, {}
+    with Gradebook(run.db_url, api.coursedir.course_id) as gb:
+        for nb_name in run.known[name]:
+            rel = read_notebook(Path(release_dir) / name / f"{nb_name}.ipynb")
+            release_sums[nb_name] = _locked_checksums(rel)
+            nb_row = gb.find_notebook(nb_name, name)
+            source_sums[nb_name] = {c.name: c.checksum for c in nb_row.source_cells if c.locked}
+    return release_sums, source_sums
+
+
+def _grade_submission(run: _Grading, api, sub: Submission, checksums) -> None:
+    """Import one submission, report its edited or deleted locked cells, autograde it, report
+    its timed-out cells and write its feedback."""
+    name, who = sub.assignment, f"{sub.assignment}/{sub.student}"
+    dest = run.submitted / sub.student / name
+    notebooks, found = import_submission(sub, run.known[name], dest, run.in_place)
+    run.issues.extend(found)
+    if not notebooks:
+        run.echo(f"{who}: not graded (see the problems reported)")
+        return
+    _report_locked_cells(run, sub, notebooks, dest, checksums)
+    result = api.autograde(name, sub.student, force=True, create=True)
+    _save_log(run.logs_dir / name / f"{sub.student}.log", result)
+    course_id = api.coursedir.course_id
+    if not result["success"]:
+        _zero_failed(run.db_url, course_id, name, sub.student)
+        run.issues.append(Issue(name, sub.student, "autograde-failed",
+                                f"{dest}: autograding failed ({_failure_reason(result)}); "
+                                f"scored 0 pending a manual grade; log: "
+                                f"{run.logs_dir / name / sub.student}.log"))
+        run.echo(f"{who}: autograding FAILED")
+        return
+    run.graded.append((name, sub.student))
+    _report_timeouts(run, sub, notebooks)
+    if run.feedback:
+        result = api.generate_feedback(name, sub.student, force=True)
+        _save_log(run.logs_dir / name / f"{sub.student}.feedback.log", result)
+        if not result["success"]:
+            run.issues.append(Issue(name, sub.student, "feedback-failed",
+                                    f"feedback for {who} failed ({_failure_reason(result)})"))
+    from nbgrader.api import Gradebook
+
+    with Gradebook(run.db_url, course_id) as gb:
+        s = gb.find_submission(name, sub.student)
+        run.echo(f"{who}: {_fmt(s.score)}/{_fmt(s.max_score)}")
+
+
+def _report_locked_cells(run: _Grading, sub: Submission, notebooks: dict, dest: Path,
+                         checksums) -> None:
+    """Report the locked cells a submission edited (restored by autograde) or deleted."""
+    release_sums, source_sums = checksums
+    for nb_name, nb in sorted(notebooks.items()):
+        modified, missing = check_locked_cells(nb, release_sums[nb_name], source_sums[nb_name])
+        if modified:
+            run.issues.append(Issue(sub.assignment, sub.student, "locked-cell-modified",
+                                    f"{dest / nb_name}.ipynb: locked cell(s) "
+                                    f"{', '.join(modified)} edited by the student; "
+                                    "restored from the gradebook before grading"))
+        if missing:
+            run.issues.append(Issue(sub.assignment, sub.student, "locked-cell-missing",
+                                    f"{dest / nb_name}.ipynb: locked cell(s) "
+                                    f"{', '.join(missing)} deleted by the student; "
+                                    "their points need a manual grade"))
+
+
+def _report_timeouts(run: _Grading, sub: Submission, notebooks: dict) -> None:
+    """Report the cells of an autograded submission that were cut at the per-cell timeout."""
+    import nbformat
+
+    for nb_name in sorted(notebooks):
+        path = run.out / "autograded" / sub.student / sub.assignment / f"{nb_name}.ipynb"
+        if path.is_file():
+            cut = timed_out_cells(nbformat.read(str(path), as_version=4))
+            if cut:
+                limit = _config_value(run.cfg, "Execute", "timeout", 30)
+                run.issues.append(Issue(sub.assignment, sub.student, "cell-timeout",
+                                        f"{path}: {', '.join(cut)} cut after the per-cell "
+                                        f"timeout ({limit} s)"))
+
+
+def _write_reports(run: _Grading, course_id: str, selected: list[str]) -> Report:
+    """Write grades.csv (from the gradebook) and issues.csv; return the run's Report."""
+    columns, rows = export_grades(run.db_url, course_id, selected, run.source_dir)
+    _write_csv(run.csv_path, columns, rows)
+    issues = sorted(set(run.issues))
+    _write_csv(run.issues_path, ["assignment", "student", "issue", "detail"],
                [{"assignment": i.assignment, "student": i.student, "issue": i.kind,
                  "detail": i.detail} for i in issues])
-    return Report(out, db_url, csv_path, issues_path, selected, graded, issues, rows)
+    return Report(run.out, run.db_url, run.csv_path, run.issues_path, selected, run.graded,
+                  issues, rows)
 
 
 def _save_log(path: Path, result: dict) -> None:
