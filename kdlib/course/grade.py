@@ -55,6 +55,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdlib.course.gradebook import GradebookError, check_database, resolve_db_url
+
 CONFIG_FILE = "nbgrader_config.py"
 DEFAULT_OUT = "grading"  # in the course folder; nbgrader_config.py puts nbgrader's folders there
 TIMEOUT_ENAME = "CellTimeoutError"  # the error nbgrader's Execute writes into a cut cell
@@ -174,19 +176,6 @@ def _ensure_alembic_on_path() -> None:
         scripts = Path(sys.executable).parent
         if (scripts / "alembic").exists() or (scripts / "alembic.exe").exists():
             os.environ["PATH"] = str(scripts) + os.pathsep + os.environ.get("PATH", "")
-
-
-def _sqlite_dir(db_url: str) -> Path | None:
-    """The folder of a sqlite database file, to create it; None for other databases."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(db_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        return Path(url.database).resolve().parent
-    return None
-
-
-# --------------------------------------------------------------------------- finding submissions
 
 
 def scan_submissions(
@@ -563,12 +552,16 @@ def _check_arguments(submissions, assignments, course_dir, out, db_url, timeout,
     if bad_chars:
         raise GradingError(f"--out {out}: nbgrader cannot use a path containing "
                            f"{' '.join(bad_chars)}")
-    db_url = db_url or "sqlite:///" + str(out / "gradebook.db")
     csv_path = Path(csv_path).resolve() if csv_path else out / "grades.csv"
-    out.mkdir(parents=True, exist_ok=True)
-    db_dir = _sqlite_dir(db_url)
-    if db_dir is not None:
-        db_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GradingError(f"--out {out}: cannot create it: {exc.strerror or exc}") from None
+    try:
+        db_url = resolve_db_url(db_url, out)
+        check_database(db_url)
+    except GradebookError as exc:
+        raise GradingError(str(exc)) from None
     return _Grading(course, cfg, source_dir, known, named, sub_root, out, submitted, in_place,
                     db_url, csv_path, out / "issues.csv", timeout, feedback, echo)
 
