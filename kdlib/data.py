@@ -4,23 +4,32 @@
   8x8 grey images, 10 classes, no download). Seeded, stratified splits: 1,000 train, 397
   validation, 400 test. Pixels scaled to [0, 1]; images shaped ``(N, 1, 8, 8)``.
 - ``load_dataset(name)``: ``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``.
-  The torchvision ones are read from ``data/`` (or ``root``); ``download=True`` fetches them for
-  users who are online; when the files are missing a ``FileNotFoundError`` says what to run.
+  The others are read from torchvision's files in ``data/`` (or ``root``); ``download=True``
+  fetches them for users who are online; when files are missing a ``FileNotFoundError`` names
+  the files expected and those found, and says what to run. A folder with only the test files
+  loads its test split.
+- ``from_arrays(x, y)``: your own data (numpy arrays or tensors) as the same
+  :class:`DatasetSplits`, split by :func:`stratified_split` and normalised with the training
+  split's statistics.
 - ``make_similar_classes()``: a synthetic dataset whose classes come in groups of look-alikes,
   so the class similarity a teacher learns can be compared with the truth.
 - ``TensorLoader``: a DataLoader-like iterator over tensors (kept on the training device when
   they fit): seeded shuffling, optional batch transform (augmentation), optional sample index
   (needed by the teacher-logit cache). Much less per-step overhead than a DataLoader over a
   ``TensorDataset``, which indexes and collates one sample at a time.
-- Transfer-set helpers for the classic experiments: ``few_labels`` (a labelled subset, the rest
-  unlabelled with label -1) and ``omit_classes`` (a transfer set with chosen classes removed).
+- Transfer-set helpers for the classic experiments: ``few_labels`` (a labelled subset, in
+  proportion or ``per_class``, the rest unlabelled with label -1) and ``omit_classes`` (a
+  transfer set with chosen classes removed).
 """
 
 from __future__ import annotations
 
 import copy
+import gzip
 import math
 import os
+import pickle
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +47,8 @@ __all__ = [
     "default_root",
     "load_digits",
     "load_dataset",
+    "from_arrays",
+    "stratified_split",
     "make_similar_classes",
     "random_shift",
     "few_labels",
@@ -245,17 +256,79 @@ def random_shift(
 
 
 def _stratified_splits(y: np.ndarray, sizes: Sequence[int], seed: int) -> list[np.ndarray]:
+    """Index arrays of splits of sizes ``sizes[:-1]``, the last split taking the rest."""
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(y))
     out = []
     rest, rest_y = index, y
     for size in sizes[:-1]:
+        if size == 0:
+            out.append(index[:0])
+            continue
+        if size == len(rest):
+            out.append(np.sort(rest))
+            rest, rest_y = index[:0], y[:0]
+            continue
         take, rest = train_test_split(rest, train_size=size, stratify=rest_y, random_state=seed)
         rest_y = y[rest]
         out.append(np.sort(take))
     out.append(np.sort(rest))
     return out
+
+
+def stratified_split(
+    labels, sizes: Sequence[int | float | None], seed: int = 0
+) -> list[torch.Tensor]:
+    """Disjoint, seeded splits of the samples, each with the class proportions of ``labels``.
+
+    Args:
+        labels: ``(N,)`` class labels (numpy array, tensor or list).
+        sizes: one entry per split: a count (int), a fraction of ``N`` (float in [0, 1]) or, for
+            the last entry only, ``None`` for "all the rest". Counts must add up to at most
+            ``N``; without a ``None``, samples left over belong to no split.
+        seed: the same seed gives the same splits on every machine.
+
+    Returns:
+        One sorted int64 index tensor per split. ``load_digits`` and :func:`from_arrays`
+        split this way (scikit-learn's ``train_test_split(stratify=...)``, one split at a
+        time). A stratified split needs at least 2 samples of every class in what remains at
+        each step; a ``ValueError`` says so otherwise.
+    """
+    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be one label per sample, shape (N,), got {y.shape}")
+    n = len(y)
+    sizes = list(sizes)
+    if not sizes:
+        raise ValueError("sizes must name at least one split")
+    counts = []
+    for k, size in enumerate(sizes):
+        if size is None:
+            if k != len(sizes) - 1:
+                raise ValueError("sizes: only the last entry may be None (the rest)")
+            counts.append(None)
+        elif isinstance(size, float):
+            if not 0.0 <= size <= 1.0:
+                raise ValueError(f"sizes[{k}] as a fraction must lie in [0, 1], got {size}")
+            counts.append(int(round(size * n)))
+        elif isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 0:
+            counts.append(int(size))
+        else:
+            raise ValueError(f"sizes[{k}] must be a count >= 0, a fraction or None, got {size!r}")
+    fixed = sum(c for c in counts if c is not None)
+    if fixed > n:
+        raise ValueError(f"sizes add up to {fixed} samples but labels has only {n}")
+    if counts[-1] is None:
+        counts[-1] = n - fixed
+    try:
+        parts = _stratified_splits(y, counts + [n - sum(counts)], seed)[:-1]
+    except ValueError as err:  # scikit-learn: a class too small to stratify
+        raise ValueError(
+            f"labels cannot be split {counts} with every class in proportion ({err}); use "
+            f"fewer splits or more samples per class"
+        ) from err
+    return [torch.as_tensor(part, dtype=torch.long) for part in parts]
 
 
 def load_digits(seed: int = 0, flatten: bool = False) -> DatasetSplits:
@@ -314,19 +387,118 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool):
         ) from err
 
 
-def _to_tensors(ds, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    data = ds.data
-    data = torch.as_tensor(np.asarray(data))
-    if data.dim() == 3:  # (N, H, W) grey
-        data = data.unsqueeze(1)
-    else:  # (N, H, W, C) colour
-        data = data.permute(0, 3, 1, 2)
-    x = data.float() / 255.0
-    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
-    std_t = torch.tensor(std).view(1, -1, 1, 1)
-    x = (x - mean_t) / std_t
-    y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
-    return x.contiguous(), y
+# The files torchvision writes, per dataset: where they live under ``root`` (the first folder
+# that holds any of them is used) and which files make up each split.
+_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_FILES = {
+    "mnist": (("MNIST/raw", "MNIST", "."), _MNIST_FILES),
+    "fashion_mnist": (("FashionMNIST/raw", "FashionMNIST", "."), _MNIST_FILES),
+    "cifar10": (
+        ("cifar-10-batches-py", "."),
+        {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+    ),
+    "cifar100": (("cifar-100-python", "."), {"train": ("train",), "test": ("test",)}),
+}
+_CIFAR_META = {"cifar10": ("batches.meta", "label_names"), "cifar100": ("meta", "fine_label_names")}
+
+
+def _find(folder: Path, filename: str) -> Path | None:
+    """``folder/filename``, or its gzipped ``.gz`` version (MNIST's files as downloaded)."""
+    for candidate in (folder / filename, folder / f"{filename}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _dataset_folder(name: str, root: Path) -> Path:
+    """The first of the dataset's candidate folders under ``root`` that holds any of its files."""
+    folders, files = _FILES[name]
+    every = [f for split in files.values() for f in split]
+    for sub in folders:
+        folder = (root / sub).resolve() if sub != "." else root
+        if folder.is_dir() and any(_find(folder, f) for f in every):
+            return folder
+    return root / folders[0]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format: big-endian header, then uint8 data), plain or gzipped."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (MNIST's format)")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(bytearray(raw), dtype=np.uint8, offset=4 + 4 * ndim)  # writable
+    if data.size != math.prod(dims):
+        raise ValueError(f"{path} is truncated: header says {dims}, holds {data.size} bytes")
+    return data.reshape(dims)
+
+
+def _read_pickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
+
+
+def _read_split(name: str, folder: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, H, W)`` or ``(N, C, H, W)`` uint8 and labels ``(N,)`` of one split."""
+    if name in ("mnist", "fashion_mnist"):
+        images, labels = _read_idx(paths[0]), _read_idx(paths[1])
+    else:
+        batches = [_read_pickle(p) for p in paths]
+        key = "labels" if name == "cifar10" else "fine_labels"
+        images = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([np.asarray(b[key]) for b in batches])
+    if len(images) != len(labels):
+        raise ValueError(
+            f"{name} files in {folder} disagree: {len(images)} images, {len(labels)} labels"
+        )
+    return images, labels
+
+
+def _class_names(name: str, folder: Path) -> list[str]:
+    num_classes = DATASETS[name][1]
+    if name in _CIFAR_META:
+        filename, key = _CIFAR_META[name]
+        meta = _find(folder, filename)
+        if meta is not None:
+            return list(_read_pickle(meta)[key])
+        return [str(i) for i in range(num_classes)]
+    try:
+        import torchvision
+
+        return list(getattr(torchvision.datasets, DATASETS[name][0]).classes)
+    except (ImportError, AttributeError):
+        return [str(i) for i in range(num_classes)]
+
+
+def _normalised(images: np.ndarray, mean, std) -> torch.Tensor:
+    x = torch.as_tensor(images)
+    if x.dim() == 3:  # (N, H, W) grey
+        x = x.unsqueeze(1)
+    x = x.float() / 255.0
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return x.contiguous()
+
+
+def _missing_files_message(name: str, root: Path, folder: Path, missing: dict) -> str:
+    _, files = _FILES[name]
+    expected = "; ".join(f"{split}: {', '.join(names)}" for split, names in files.items())
+    if folder.is_dir():
+        found = ", ".join(sorted(p.name for p in folder.iterdir() if p.is_file())) or "no file"
+    else:
+        found = "no such folder"
+    gz = " (each may also be gzipped, .gz)" if name in ("mnist", "fashion_mnist") else ""
+    return (
+        f"dataset {name!r}: files missing in {folder}: {', '.join(missing)}.\n"
+        f"Expected{gz}: {expected}.\n"
+        f"Found there: {found}.\n" + _missing_message(name, root)
+    )
 
 
 def load_dataset(
@@ -339,14 +511,23 @@ def load_dataset(
 ) -> DatasetSplits:
     """Load a dataset by name into :class:`DatasetSplits`.
 
-    ``digits`` is embedded. ``mnist``, ``fashion_mnist``, ``cifar10`` and ``cifar100`` come
-    through torchvision from ``root`` (default :func:`default_root`), normalised per channel;
-    ``val_size`` images of the official training set are held out (seeded) for validation and
-    the official test set is the test split. ``limit`` keeps only the first ``limit`` training
-    images (after the validation hold-out), for quick runs.
+    ``digits`` is embedded. ``mnist``, ``fashion_mnist``, ``cifar10`` and ``cifar100`` are read
+    from torchvision's files under ``root`` (default :func:`default_root`): ``MNIST/raw/`` (or
+    ``MNIST/``, or ``root`` itself) with ``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (plain
+    or ``.gz``); ``FashionMNIST/raw/`` likewise; ``cifar-10-batches-py/`` with
+    ``data_batch_1..5``, ``test_batch`` (and ``batches.meta`` for the class names);
+    ``cifar-100-python/`` with ``train``, ``test`` (and ``meta``). Pixels are normalised per
+    channel; ``val_size`` images of the official training set are held out (seeded) for
+    validation and the official test set is the test split. ``limit`` keeps only the first
+    ``limit`` training images (after the validation hold-out), for quick runs.
 
-    Raises ``FileNotFoundError`` with the command to run when the files are missing and
-    ``download`` is off or impossible.
+    A folder with the test files only loads the test split, with empty train and validation
+    splits and a warning (enough to evaluate a trained model); one with the training files
+    only gets an empty test split, with a warning.
+
+    Raises ``FileNotFoundError`` naming the files expected, the files found and the command
+    to run, when no split's files are all there and ``download`` is off or impossible.
     """
     name = name.lower().replace("-", "_")
     if name == "digits":
@@ -354,21 +535,50 @@ def load_dataset(
     elif name in DATASETS:
         root = Path(root) if root is not None else default_root()
         _, num_classes, shape, mean, std = DATASETS[name]
-        train_ds = _torchvision_split(name, root, train=True, download=download)
-        test_ds = _torchvision_split(name, root, train=False, download=download)
-        x, y = _to_tensors(train_ds, mean, std)
-        x_test, y_test = _to_tensors(test_ds, mean, std)
+        if download:
+            _fetch(name, root)
+        folder = _dataset_folder(name, root)
+        paths, missing = {}, {}
+        for split, filenames in _FILES[name][1].items():
+            found = {f: _find(folder, f) for f in filenames}
+            lacking = [f for f, path in found.items() if path is None]
+            if lacking:
+                missing[split] = lacking
+            else:
+                paths[split] = list(found.values())
+        if not paths:
+            lacking = [f for names in missing.values() for f in names]
+            raise FileNotFoundError(_missing_files_message(name, root, folder, lacking))
+        if missing:
+            absent = ", ".join(f for names in missing.values() for f in names)
+            warnings.warn(
+                f"{name}: loading only the {' and '.join(paths)} split from {folder}; "
+                f"missing: {absent} (the other splits are empty)",
+                stacklevel=2,
+            )
+        loaded = {}
+        for split in ("train", "test"):
+            if split in paths:
+                images, labels = _read_split(name, folder, paths[split])
+                loaded[split] = (
+                    _normalised(images, mean, std),
+                    torch.as_tensor(labels, dtype=torch.long),
+                )
+            else:
+                loaded[split] = (torch.empty(0, *shape), torch.empty(0, dtype=torch.long))
+        x, y = loaded["train"]
+        x_test, y_test = loaded["test"]
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
         val_idx, train_idx = perm[:val_size], perm[val_size:]
-        classes = list(getattr(train_ds, "classes", [str(i) for i in range(num_classes)]))
         splits = DatasetSplits(
             name=name,
             train=Split(x[train_idx], y[train_idx]),
             val=Split(x[val_idx], y[val_idx]),
             test=Split(x_test, y_test),
             num_classes=num_classes,
-            class_names=classes,
+            class_names=_class_names(name, folder),
             input_shape=shape,
+            extra={"folder": str(folder), "missing": missing},
         )
     else:
         raise ValueError(f"unknown dataset {name!r}; choose from digits, {', '.join(DATASETS)}")
@@ -377,15 +587,171 @@ def load_dataset(
     return splits
 
 
+def _as_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    try:
+        array = np.asarray(value)
+    except Exception as err:  # noqa: BLE001 - anything numpy cannot read
+        raise ValueError(f"{name} must be a numpy array or a tensor, got {type(value)}") from err
+    if array.dtype == object:
+        raise ValueError(f"{name} must be a numeric array, got dtype object (ragged or mixed?)")
+    if array.dtype.kind in "US":  # strings: class names, for y
+        return array
+    return torch.as_tensor(array)
+
+
+def from_arrays(
+    x,
+    y,
+    val: float | int = 0.2,
+    test: float | int = 0.2,
+    seed: int = 0,
+    normalize: bool = True,
+    class_names: Sequence[str] | None = None,
+    name: str = "arrays",
+) -> DatasetSplits:
+    """Your own data as :class:`DatasetSplits`, the object :func:`load_dataset` returns.
+
+    Args:
+        x: inputs, a numpy array or a tensor: images ``(N, H, W)`` (grey, made
+            ``(N, 1, H, W)``) or ``(N, C, H, W)``, or feature vectors ``(N, F)``. Integer
+            pixels (``uint8``) are scaled to [0, 1] first; every value must be finite.
+        y: ``(N,)`` class labels: integers ``0 .. C-1`` (any integer dtype), or strings, which
+            become classes in sorted order (their names are the class names).
+        val, test: the validation and test splits, fractions of ``N`` (floats) or counts
+            (ints); the training split takes the rest. Stratified and fixed by ``seed``
+            (:func:`stratified_split`); ``0`` gives an empty split.
+        normalize: standardise with the training split's mean and standard deviation, per
+            channel for images and per feature for vectors; the statistics are in
+            ``extra["mean"]`` and ``extra["std"]`` (apply them to new inputs the same way).
+        class_names: one name per class (default: the string labels, or ``"0" .. "C-1"``).
+        name: the dataset's name in ``repr`` and reports.
+
+    Returns:
+        ``DatasetSplits`` with ``train``, ``val``, ``test`` (float32 inputs, int64 labels),
+        ``num_classes``, ``class_names``, ``input_shape`` and ``in_channels`` (for images).
+
+    Raises:
+        ValueError: naming the argument: ``x`` of another rank, empty, non-numeric or not
+            finite; ``y`` not one label per sample, bool, floating or negative; ``class_names``
+            of the wrong length; ``val``/``test`` out of range or leaving no training sample;
+            a class with too few samples to split in proportion.
+    """
+    x_t = _as_tensor(x, "x")
+    if isinstance(x_t, np.ndarray):
+        raise ValueError(f"x must be numeric, got strings of dtype {x_t.dtype}")
+    if x_t.dim() not in (2, 3, 4):
+        raise ValueError(
+            f"x must be images (N, H, W) or (N, C, H, W), or vectors (N, F), got shape "
+            f"{tuple(x_t.shape)}"
+        )
+    if len(x_t) == 0 or x_t[0].numel() == 0:
+        raise ValueError(f"x is empty (shape {tuple(x_t.shape)})")
+    if x_t.dim() == 4 and x_t.shape[-1] in (1, 3) and x_t.shape[1] not in (1, 3):
+        raise ValueError(
+            f"x has shape {tuple(x_t.shape)}, which looks channels-last (N, H, W, C); pass "
+            f"(N, C, H, W), e.g. x.transpose(0, 3, 1, 2) for a numpy array"
+        )
+    if x_t.dtype == torch.bool or x_t.is_complex():
+        raise ValueError(f"x must hold real numbers, got dtype {x_t.dtype}")
+    if x_t.dtype == torch.uint8:
+        x_t = x_t.float() / 255.0
+    x_t = x_t.float()
+    if not bool(torch.isfinite(x_t).all()):
+        raise ValueError(f"x contains {int((~torch.isfinite(x_t)).sum())} NaN or inf values")
+    if x_t.dim() == 3:
+        x_t = x_t.unsqueeze(1)
+
+    y_t = _as_tensor(y, "y")
+    if isinstance(y_t, np.ndarray):  # string labels: classes in sorted order
+        if y_t.ndim != 1:
+            raise ValueError(f"y must have shape (N,), got {y_t.shape}")
+        names, codes = np.unique(y_t, return_inverse=True)
+        y_t = torch.as_tensor(codes, dtype=torch.long)
+        class_names = list(class_names) if class_names is not None else [str(n) for n in names]
+    else:
+        if y_t.dim() != 1:
+            raise ValueError(
+                f"y must have shape (N,), one label per sample, got {tuple(y_t.shape)}"
+            )
+        if y_t.dtype == torch.bool or y_t.is_floating_point() or y_t.is_complex():
+            raise ValueError(
+                f"y must be integer class labels (or strings), got dtype {y_t.dtype}; convert "
+                f"with y.astype(int) / y.long() if the values are class numbers"
+            )
+        y_t = y_t.long()
+    if len(y_t) != len(x_t):
+        raise ValueError(f"x has {len(x_t)} samples but y has {len(y_t)}")
+    if int(y_t.min()) < 0:
+        raise ValueError(f"y must be class indices >= 0, got min {int(y_t.min())}")
+    num_classes = int(y_t.max()) + 1
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if len(class_names) < num_classes:
+            raise ValueError(
+                f"class_names has {len(class_names)} names but y has labels up to {num_classes - 1}"
+            )
+        num_classes = len(class_names)
+    else:
+        class_names = [str(c) for c in range(num_classes)]
+
+    n = len(y_t)
+    counts = {}
+    for label, size in (("val", val), ("test", test)):
+        if isinstance(size, bool) or not isinstance(size, (int, float, np.integer)):
+            raise ValueError(f"{label} must be a fraction (float) or a count (int), got {size!r}")
+        if isinstance(size, float):
+            if not 0.0 <= size < 1.0:
+                raise ValueError(f"{label} as a fraction must lie in [0, 1), got {size}")
+            size = int(round(size * n))
+        if size < 0:
+            raise ValueError(f"{label} must be >= 0, got {size}")
+        counts[label] = int(size)
+    if counts["val"] + counts["test"] >= n:
+        raise ValueError(
+            f"val ({counts['val']}) and test ({counts['test']}) leave no training sample of {n}"
+        )
+    val_idx, test_idx, train_idx = stratified_split(
+        y_t, [counts["val"], counts["test"], None], seed
+    )
+
+    extra = {}
+    if normalize:
+        dims = [0, 2, 3] if x_t.dim() == 4 else [0]
+        train_x = x_t[train_idx]
+        mean = train_x.mean(dim=dims, keepdim=True)
+        std = train_x.std(dim=dims, keepdim=True) if len(train_x) > 1 else torch.ones_like(mean)
+        std = torch.where(std > 0, std, torch.ones_like(std))  # a constant input stays 0
+        x_t = (x_t - mean) / std
+        extra = {"mean": mean.squeeze(0), "std": std.squeeze(0)}
+    x_t = x_t.contiguous()
+    return DatasetSplits(
+        name=name,
+        train=Split(x_t[train_idx], y_t[train_idx]),
+        val=Split(x_t[val_idx], y_t[val_idx]),
+        test=Split(x_t[test_idx], y_t[test_idx]),
+        num_classes=num_classes,
+        class_names=class_names,
+        input_shape=tuple(x_t.shape[1:]),
+        extra=extra,
+    )
+
+
 def download(name: str, root: str | Path | None = None) -> Path:
     """Download a torchvision dataset into ``root`` (default ``data/``); returns the folder."""
     name = name.lower().replace("-", "_")
     if name not in DATASETS:
         raise ValueError(f"nothing to download for {name!r}; choose from {', '.join(DATASETS)}")
     root = Path(root) if root is not None else default_root()
+    _fetch(name, root)
+    return root
+
+
+def _fetch(name: str, root: Path) -> None:
+    """torchvision's download of both splits into ``root`` (skipped for files already there)."""
     for train in (True, False):
         _torchvision_split(name, root, train=train, download=True)
-    return root
 
 
 def make_similar_classes(
@@ -435,21 +801,52 @@ def make_similar_classes(
     )
 
 
-def few_labels(split: Split, n_labelled: int = 100, seed: int = 0) -> Split:
-    """The few-labels transfer set: keep ``n_labelled`` labels (stratified), hide the rest.
+def few_labels(
+    split: Split, n_labelled: int | None = None, seed: int = 0, *, per_class: int | None = None
+) -> Split:
+    """The few-labels transfer set: keep a few labels, hide the rest.
 
-    Returns a split with the same images; the labels of all but ``n_labelled`` samples are
-    replaced by ``IGNORE_INDEX`` (-1). A distiller learns from the teacher on every image and
-    from the labels on the labelled ones; :func:`labelled` extracts the labelled part for the
-    baseline trained on labels alone.
+    Either ``n_labelled`` labels in all (default 100), stratified: each class keeps labels in
+    proportion to its share of ``split`` (100 of the digits give 10, 11, 10, ..., 9); or, with
+    ``per_class=k``, exactly ``k`` labels of every class present in ``split``, as the few-shot
+    settings of the papers use (``per_class=10`` on 10 classes: 100 labels). The labelled
+    samples are drawn with ``seed``.
+
+    Returns a split with the same images; the labels of the others are replaced by
+    ``IGNORE_INDEX`` (-1). A distiller learns from the teacher on every image and from the
+    labels on the labelled ones; :func:`labelled` extracts the labelled part for the baseline
+    trained on labels alone.
+
+    Raises:
+        ValueError: both ``n_labelled`` and ``per_class`` given, ``n_labelled`` outside
+            ``[1, N]``, or ``per_class`` < 1 or more than the smallest class has (named).
     """
-    if not 0 < n_labelled <= len(split):
-        raise ValueError(f"n_labelled must be in [1, {len(split)}], got {n_labelled}")
     y = split.y.cpu().numpy()
-    if n_labelled == len(split):
-        keep = np.arange(len(y))
+    if per_class is not None:
+        if n_labelled is not None:
+            raise ValueError("give either n_labelled or per_class, not both")
+        if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)):
+            raise ValueError(f"per_class must be an int, got {per_class!r}")
+        if per_class < 1:
+            raise ValueError(f"per_class must be >= 1, got {per_class}")
+        rng = np.random.default_rng(seed)
+        keep = []
+        for c in np.unique(y[y != IGNORE_INDEX]):
+            members = np.flatnonzero(y == c)
+            if len(members) < per_class:
+                raise ValueError(
+                    f"per_class={per_class} but class {int(c)} has only {len(members)} samples"
+                )
+            keep.append(rng.choice(members, size=per_class, replace=False))
+        keep = np.sort(np.concatenate(keep))
     else:
-        keep = _stratified_splits(y, (n_labelled, 0), seed)[0]
+        n_labelled = 100 if n_labelled is None else n_labelled
+        if not 0 < n_labelled <= len(split):
+            raise ValueError(f"n_labelled must be in [1, {len(split)}], got {n_labelled}")
+        if n_labelled == len(split):
+            keep = np.arange(len(y))
+        else:
+            keep = _stratified_splits(y, (n_labelled, 0), seed)[0]
     labels = torch.full_like(split.y, IGNORE_INDEX)
     keep_t = torch.as_tensor(keep, device=split.y.device)
     labels[keep_t] = split.y[keep_t]
