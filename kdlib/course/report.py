@@ -2,20 +2,118 @@
 
 :func:`write_report` is called by :func:`kdlib.course.run.run_course` after every notebook, so an
 interrupted run still leaves a report. ``index.html`` embeds every figure the notebooks
-displayed and links to each executed notebook rendered by nbconvert.
+displayed and links to each executed notebook rendered by nbconvert
+(:func:`render_notebook_html`). Everything works offline: formulas are typeset by the MathJax
+copy that the course extra installs (``jupyter-server-mathjax``), copied next to the pages and
+referenced relatively; no page loads anything from a CDN. Every image has alt text made from
+the figure titles in the code that drew it.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kdlib.course.run import CourseRun
 
-__all__ = ["format_figures", "render_index", "write_report"]
+__all__ = [
+    "figure_titles",
+    "format_figures",
+    "render_index",
+    "render_notebook_html",
+    "write_report",
+]
+
+#: the folder, next to the rendered pages, that holds the local copy of MathJax
+MATHJAX_DIR = "mathjax"
+_MATHJAX_CONFIG = "MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"  # what the package ships
+_TITLE_CALL = re.compile(
+    r"(?:(?:suptitle|set_title|title)\(\s*|\btitle\s*=\s*)"  # a title call or keyword
+    r"""(f?)("([^"\\]|\\.)*"|'([^'\\]|\\.)*')"""  # then a string literal, maybe an f-string
+)
+
+
+def figure_titles(source: str) -> list[str]:
+    """The titles a cell's code gives its figures (``suptitle``, ``set_title``, ``title`` calls
+    and ``title=`` arguments), in order; the ``{...}`` fields of an f-string become "…", since
+    only the code is known here."""
+    titles = []
+    for match in _TITLE_CALL.finditer(source):
+        text = match.group(2)[1:-1]
+        if match.group(1):
+            text = re.sub(r"\{[^{}]*\}", "…", text)
+        text = text.replace("\\n", " ").strip()
+        if text and text not in titles:
+            titles.append(text)
+    return titles
+
+
+def _alt_text(source: str, cell_number: int) -> str:
+    titles = figure_titles(source)
+    if not titles:
+        return f"Figure drawn by code cell {cell_number}"
+    return "Figure: " + "; ".join(titles)
+
+
+def _local_mathjax(folder: Path) -> str | None:
+    """Copy MathJax (from the ``jupyter-server-mathjax`` package) into ``folder/mathjax`` once;
+    returns the relative URL to load it, or ``None`` when the package is not installed."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError:
+        return None
+    source = Path(jupyter_server_mathjax.__file__).parent / "static"
+    target = folder / MATHJAX_DIR
+    if not (target / "MathJax.js").is_file():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    return f"{MATHJAX_DIR}/{_MATHJAX_CONFIG}"
+
+
+def render_notebook_html(notebook: Path) -> Path:
+    """Render an executed notebook to ``<notebook>.html`` next to it, for reading offline.
+
+    MathJax is served from ``mathjax/`` in the same folder (see :func:`_local_mathjax`);
+    scripts that would load from a CDN (require.js for widgets, mermaid for diagrams, neither
+    used by the course) are dropped; every
+    image gets alt text from the figure titles of the cell that drew it (:func:`figure_titles`).
+    """
+    import nbformat
+    from bs4 import BeautifulSoup
+    from nbconvert import HTMLExporter
+
+    notebook = Path(notebook)
+    nb = nbformat.read(str(notebook), as_version=4)
+    alt = {}
+    for number, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            for mime in ("image/png", "image/jpeg"):
+                data = output.get("data", {}).get(mime)
+                if data:
+                    alt["".join(data).replace("\n", "")] = _alt_text(cell.source, number)
+    exporter = HTMLExporter()
+    mathjax_url = _local_mathjax(notebook.parent)
+    if mathjax_url:
+        exporter.mathjax_url = mathjax_url
+    body, _ = exporter.from_notebook_node(nb)
+    soup = BeautifulSoup(body, features="html.parser")
+    for script in soup.find_all("script"):  # require.js (widgets), mermaid (diagrams): CDN
+        remote = script.get("src", "").startswith(("http://", "https://", "//"))
+        if remote or "cdnjs.cloudflare.com" in (script.string or ""):
+            script.decompose()
+    for img in soup.find_all("img"):
+        src = img.get("src", "")
+        if src.startswith("data:") and "," in src:
+            text = alt.get(src.split(",", 1)[1].replace("\n", ""))
+            if text:
+                img["alt"] = text
+    target = notebook.with_suffix(".html")
+    target.write_text(str(soup), encoding="utf-8")
+    return target
 
 
 def _format_value(value) -> str:
@@ -46,8 +144,8 @@ def write_report(run: CourseRun) -> None:
     (out / "index.html").write_text(render_index(run), encoding="utf-8")
 
 
-def _images(notebook: Path, limit: int = 40) -> list[tuple[str, str]]:
-    """``(mime, base64 data)`` of the images a notebook displayed, in order."""
+def _images(notebook: Path, limit: int = 40) -> list[tuple[str, str, str]]:
+    """``(mime, base64 data, alt text)`` of the images a notebook displayed, in order."""
     try:
         import nbformat
 
@@ -55,12 +153,13 @@ def _images(notebook: Path, limit: int = 40) -> list[tuple[str, str]]:
     except Exception:  # noqa: BLE001
         return []
     images = []
-    for cell in nb.cells:
+    for number, cell in enumerate(nb.cells):
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             for mime in ("image/png", "image/jpeg"):
                 if mime in data:
-                    images.append((mime, "".join(data[mime]).replace("\n", "")))
+                    text = _alt_text(cell.get("source", ""), number)
+                    images.append((mime, "".join(data[mime]).replace("\n", ""), text))
                     break
     return images[:limit]
 
@@ -123,8 +222,8 @@ def render_index(run: CourseRun) -> str:
             ]
             parts.append("</table>")
         if nb.output:
-            for mime, data in _images(Path(run.out) / nb.output):
-                parts.append(f'<img alt="{e(nb.name)} figure" src="data:{mime};base64,{data}">')
+            for mime, data, text in _images(Path(run.out) / nb.output):
+                parts.append(f'<img alt="{e(text)}" src="data:{mime};base64,{data}">')
         parts.append("</section>")
         sections.append("\n".join(parts))
     options = run.options

@@ -385,12 +385,9 @@ def run_notebook(
 
 
 def _render_html(notebook: Path) -> Path:
-    from nbconvert import HTMLExporter
+    from kdlib.course.report import render_notebook_html  # offline MathJax, alt text
 
-    body, _ = HTMLExporter().from_filename(str(notebook))
-    target = notebook.with_suffix(".html")
-    target.write_text(body, encoding="utf-8")
-    return target
+    return render_notebook_html(notebook)
 
 
 # ------------------------------------------------------------------ the whole run
