@@ -599,6 +599,15 @@ class Corpus:
     bos: int
     eos: int
 
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def subset(self, index) -> Corpus:
+        """The rows ``index`` (a slice, indices or a boolean mask), same vocabulary."""
+        return Corpus(
+            self.tokens[index], self.mask[index], self.vocab, self.pad, self.bos, self.eos
+        )
+
     def decode(self, row: torch.Tensor | Sequence[int]) -> str:
         """The words of one row, from after ``bos`` up to and including ``eos``."""
         words = []

@@ -1,0 +1,308 @@
+"""kdlib.lm and TinyGPT: the per-token losses against hand computations, their limits and checks,
+causality, generation, the grammar's exact distribution, the distillation loops, and the
+headline of notebook 10 (a distilled student closer to the truth than one trained on text)."""
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdlib import lm
+from kdlib.distill import seed_everything
+from kdlib.models import TinyGPT
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "solutions" / "10_language_models" / "10_language_models.ipynb"
+
+
+def _by_hand(zs, zt, mask, divergence, tau=1.0, beta=0.5):
+    """The mean divergence over unmasked tokens, with Python floats and math.log."""
+    total, count = 0.0, 0
+    B, T, V = zs.shape
+    for b in range(B):
+        for t in range(T):
+            if mask is not None and not mask[b, t]:
+                continue
+            es = [math.exp(zs[b, t, v].item() / tau) for v in range(V)]
+            et = [math.exp(zt[b, t, v].item() / tau) for v in range(V)]
+            ps = [e / sum(es) for e in es]
+            pt = [e / sum(et) for e in et]
+            if divergence == "forward":
+                d = sum(p * math.log(p / q) for p, q in zip(pt, ps))
+            elif divergence == "reverse":
+                d = sum(q * math.log(q / p) for p, q in zip(pt, ps))
+            else:
+                m = [beta * p + (1 - beta) * q for p, q in zip(pt, ps)]
+                d = beta * sum(p * math.log(p / mm) for p, mm in zip(pt, m))
+                d += (1 - beta) * sum(q * math.log(q / mm) for q, mm in zip(ps, m))
+            total += d
+            count += 1
+    return total / count
+
+
+@pytest.fixture
+def logits():
+    g = torch.Generator().manual_seed(0)
+    zs = torch.randn(2, 3, 4, generator=g) * 2
+    zt = torch.randn(2, 3, 4, generator=g) * 2
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    return zs, zt, mask
+
+
+@pytest.mark.parametrize("divergence", lm.DIVERGENCES)
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+def test_token_kd_loss_equals_a_hand_computation(logits, divergence, tau):
+    zs, zt, mask = logits
+    for beta in (0.5, 0.2):
+        got = lm.token_kd_loss(zs, zt, mask, temperature=tau, divergence=divergence, beta=beta)
+        want = _by_hand(zs, zt, mask, divergence, tau, beta)
+        assert got.dtype == torch.float32 and got.dim() == 0
+        assert abs(got.item() - want) < 1e-5, (divergence, tau, beta, got.item(), want)
+    unmasked = lm.token_kd_loss(zs, zt, None, temperature=tau, divergence=divergence)
+    assert abs(unmasked.item() - _by_hand(zs, zt, None, divergence, tau)) < 1e-5
+
+
+@pytest.mark.parametrize("divergence", lm.DIVERGENCES)
+def test_identical_logits_give_zero_and_values_are_positive(logits, divergence):
+    zs, zt, mask = logits
+    assert lm.token_kd_loss(zs, zs.clone(), mask, divergence=divergence).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+    per_token = lm.token_kd_loss(zs, zt, mask, divergence=divergence, reduction="none")
+    assert per_token.shape == (2, 3)
+    assert (per_token[mask] > 0).all() and (per_token[~mask] == 0).all()
+
+
+def test_reverse_is_forward_with_the_roles_swapped(logits):
+    zs, zt, mask = logits
+    reverse = lm.token_kd_loss(zs, zt, mask, temperature=2.0, divergence="reverse")
+    swapped = lm.token_kd_loss(zt, zs, mask, temperature=2.0, divergence="forward")
+    assert torch.allclose(reverse, swapped, atol=1e-6)
+    assert not torch.allclose(reverse, lm.token_kd_loss(zs, zt, mask), atol=1e-3)
+
+
+@pytest.mark.parametrize("divergence", lm.DIVERGENCES)
+def test_masked_tokens_change_nothing(logits, divergence):
+    zs, zt, mask = logits
+    before = lm.token_kd_loss(zs, zt, mask, divergence=divergence)
+    zs2, zt2 = zs.clone(), zt.clone()
+    zs2[~mask] = 50 * torch.randn(int((~mask).sum()), 4)
+    zt2[~mask] = -50 * torch.randn(int((~mask).sum()), 4)
+    after = lm.token_kd_loss(zs2, zt2, mask, divergence=divergence)
+    assert torch.equal(before, after)
+    # the mean is over the unmasked tokens: the average of the per-token values there
+    per_token = lm.token_kd_loss(zs, zt, None, divergence=divergence, reduction="none")
+    assert torch.allclose(before, per_token[mask].mean(), atol=1e-6)
+    empty = lm.token_kd_loss(zs, zt, torch.zeros_like(mask), divergence=divergence)
+    assert empty.item() == 0.0
+
+
+def test_jsd_tends_to_the_two_kls_at_the_ends_of_beta(logits):
+    """GKD's convention (P = teacher, Q = student, M = beta P + (1 - beta) Q):
+    JSD(beta) / beta -> KL(P || Q) (forward) as beta -> 0, and
+    JSD(beta) / (1 - beta) -> KL(Q || P) (reverse) as beta -> 1."""
+    zs, zt, mask = (t.double() if t.is_floating_point() else t for t in logits)
+    forward = lm.token_kd_loss(zs, zt, mask, divergence="forward").item()
+    reverse = lm.token_kd_loss(zs, zt, mask, divergence="reverse").item()
+    gaps_fwd, gaps_rev = [], []
+    for eps in (1e-2, 1e-3, 1e-4):
+        near0 = lm.token_kd_loss(zs, zt, mask, divergence="jsd", beta=eps).item() / eps
+        near1 = lm.token_kd_loss(zs, zt, mask, divergence="jsd", beta=1 - eps).item() / eps
+        gaps_fwd.append(abs(near0 - forward))
+        gaps_rev.append(abs(near1 - reverse))
+    assert gaps_fwd[-1] < 1e-2 * forward and gaps_rev[-1] < 1e-2 * reverse
+    assert gaps_fwd == sorted(gaps_fwd, reverse=True)  # closer as beta approaches the end
+    assert gaps_rev == sorted(gaps_rev, reverse=True)
+    # and not the other way round
+    assert (
+        abs(lm.token_kd_loss(zs, zt, mask, divergence="jsd", beta=1e-4).item() / 1e-4 - reverse)
+        > 1e-2
+    )
+
+
+def test_float32_for_low_precision_inputs_and_no_gradient_into_the_teacher(logits):
+    zs, zt, mask = logits
+    bf = lm.token_kd_loss(zs.bfloat16(), zt.bfloat16(), mask, divergence="jsd")
+    assert bf.dtype == torch.float32
+    s, t = zs.clone().requires_grad_(True), zt.clone().requires_grad_(True)
+    lm.token_kd_loss(s, t, mask, divergence="reverse").backward()
+    assert s.grad.abs().sum() > 0 and t.grad is None
+    confident = lm.token_kd_loss(zs * 200, zt * 200, mask, divergence="reverse")
+    assert torch.isfinite(confident)
+
+
+def test_bad_input_raises_value_error(logits):
+    zs, zt, mask = logits
+    with pytest.raises(ValueError, match="tokenizer"):
+        lm.token_kd_loss(zs, zt[..., :3])
+    with pytest.raises(ValueError, match="same"):
+        lm.token_kd_loss(zs, zt[:, :2])
+    with pytest.raises(ValueError, match=r"\(B, T, V\)"):
+        lm.token_kd_loss(zs[0], zt[0])
+    with pytest.raises(ValueError, match="mask"):
+        lm.token_kd_loss(zs, zt, mask[:, :2])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = zt.clone()
+        broken[0, 0, 0] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            lm.token_kd_loss(zs, broken, mask)
+        with pytest.raises(ValueError, match="NaN or inf"):
+            lm.token_kd_loss(broken, zs, mask)
+    with pytest.raises(ValueError, match="temperature"):
+        lm.token_kd_loss(zs, zt, temperature=0.0)
+    with pytest.raises(ValueError, match="divergence"):
+        lm.token_kd_loss(zs, zt, divergence="kl")
+    for beta in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="beta"):
+            lm.token_kd_loss(zs, zt, divergence="jsd", beta=beta)
+
+
+def test_tinygpt_is_causal_and_ties_its_weights():
+    torch.manual_seed(0)
+    model = TinyGPT(11, context=8, d_model=16, n_layers=2, n_heads=2).eval()
+    assert model.head.weight is model.tok.weight
+    x = torch.randint(0, 11, (3, 8))
+    base = model(x)
+    assert base.shape == (3, 8, 11)
+    for t in range(7):
+        changed = x.clone()
+        changed[:, t + 1 :] = (changed[:, t + 1 :] + 1 + t) % 11
+        out = model(changed)
+        assert torch.allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-5), t
+        assert not torch.allclose(out[:, t + 1], base[:, t + 1], atol=1e-4)
+    with pytest.raises(ValueError, match="context"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_generate_and_masks():
+    torch.manual_seed(0)
+    model = TinyGPT(6, context=10, d_model=8, n_layers=1, n_heads=2)
+    prompt = torch.zeros(4, 1, dtype=torch.long)
+    a = lm.generate(
+        model, prompt, 9, generator=torch.Generator().manual_seed(1), eos_token=2, pad_token=5
+    )
+    b = lm.generate(
+        model, prompt, 9, generator=torch.Generator().manual_seed(1), eos_token=2, pad_token=5
+    )
+    assert a.shape == (4, 10) and torch.equal(a, b)
+    for row in a.tolist():
+        if 2 in row:
+            assert all(t == 5 for t in row[row.index(2) + 1 :])
+    greedy = lm.generate(model, prompt, 1, temperature=0)
+    assert torch.equal(greedy[:, 1], model(prompt)[:, -1].argmax(-1))
+    tokens = torch.tensor([[1, 7, 2, 0, 0], [1, 7, 7, 7, 7]])
+    assert lm.mask_after_eos(tokens, 2).tolist() == [
+        [True, True, False, False],
+        [True, True, True, True],
+    ]
+    assert lm.mask_after_eos(tokens, 2, start=2)[0].tolist() == [False, True, False, False]
+
+
+def test_top_k_teacher_round_trip_and_error():
+    z = torch.randn(2, 3, 10, generator=torch.Generator().manual_seed(0)) * 3
+    full = torch.log_softmax(z, -1)
+    assert torch.allclose(lm.expand_top_k(*lm.top_k_teacher(z, 10), 10), full, atol=1e-6)
+    errors = [lm.top_k_error(z, k) for k in (1, 2, 4, 8, 10)]
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-6 and errors[0] > 0
+    approx = lm.expand_top_k(*lm.top_k_teacher(z, 3), 10)
+    assert torch.allclose(approx.exp().sum(-1), torch.ones(2, 3), atol=1e-5)
+    kept = full.topk(3, -1).indices
+    assert torch.allclose(approx.gather(-1, kept), full.gather(-1, kept))
+
+
+def test_the_grammar_knows_its_next_token_distribution():
+    source = lm.SentenceSource()
+    corpus = source.sample(200, seed=0)
+    probs, valid = source.next_token_probs(corpus.tokens)
+    assert torch.equal(valid, corpus.mask)
+    assert torch.allclose(probs.sum(-1)[valid], torch.ones(int(valid.sum())))
+    # the token that came next always had a positive probability
+    p_next = probs.gather(-1, corpus.tokens[:, 1:, None]).squeeze(-1)
+    assert (p_next[valid] > 0).all()
+    assert torch.isfinite(source.log_prob(corpus.tokens)).all()
+    # agreement with the subject across the attractor: "the cat near the dogs see" is not English
+    s = source.stoi
+    bad = torch.tensor([[s[w] for w in "<s> the cat near the dogs see it .".split()] + [0] * 3])
+    good = bad.clone()
+    good[0, 6] = s["sees"]
+    assert source.log_prob(bad).item() == float("-inf")
+    assert math.isfinite(source.log_prob(good).item())
+    # the branching point of the verb: sees / likes 0.45 each, chases 0.1
+    p, _ = source.next_token_probs(good)
+    assert p[0, 5, s["sees"]].item() == pytest.approx(0.45)
+    assert p[0, 5, s["likes"]].item() == pytest.approx(0.45)
+
+
+def test_sequence_distiller_runs_the_distiller_loop(tmp_path):
+    source = lm.SentenceSource()
+    text = source.sample(64, seed=0)
+    loader = lm.next_token_loader(text.tokens, text.mask, 32, seed=0)
+    seed_everything(0)
+    teacher = TinyGPT(len(source.vocab), 11, 16, 1, 2)
+    student = TinyGPT(len(source.vocab), 11, 8, 1, 2)
+    for options in (
+        dict(divergence="forward", alpha=0.5, temperature=2.0),
+        dict(divergence="jsd", teacher_top_k=3),
+        dict(mode="on_policy", eos_token=text.eos, pad_token=text.pad, lmbda=1.0),
+    ):
+        trainer = lm.SequenceDistiller(student, teacher, progress=False, **options)
+        history = trainer.fit(loader, 2, checkpoint=tmp_path / "ckpt.pt")
+        assert [h["epoch"] for h in history] == [1, 2]
+        assert all(math.isfinite(h["train_loss"]) for h in history)
+        assert trainer.teacher_tokens == trainer.student_tokens > 0
+        assert (tmp_path / "ckpt.pt").exists()
+    assert trainer.generated_tokens == trainer.student_tokens  # lmbda = 1: all on-policy
+    with pytest.raises(ValueError, match="eos_token"):
+        lm.SequenceDistiller(student, teacher, mode="on_policy")
+    with pytest.raises(ValueError, match="alpha"):
+        lm.SequenceDistiller(student, teacher, mode="on_policy", eos_token=2, alpha=0.5)
+
+
+def _fast_settings() -> dict:
+    """The SETTINGS literal of notebook 10 (the cell that defines it), fast mode."""
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    for cell in cells:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and source.lstrip().startswith("# The sizes"):
+            tree = ast.parse(source)
+            namespace = {}
+            exec(compile(tree, str(NOTEBOOK), "exec"), {"dict": dict}, namespace)
+            return namespace["SETTINGS"]["fast"]
+    raise AssertionError("notebook 10 has no SETTINGS cell")
+
+
+def test_fast_mode_distilled_student_is_closer_to_the_truth_than_text_alone():
+    """Notebook 10's headline, with its fast settings and data (seed 0), through kdlib."""
+    cfg = _fast_settings()
+    source = lm.SentenceSource()
+    teacher_text = source.sample(cfg["n_teacher_text"], seed=1000)
+    student_text = source.sample(cfg["n_student_text"], seed=2000)
+    test_text = source.sample(cfg["n_test"], seed=3000)
+    V, L = len(source.vocab), teacher_text.tokens.shape[1]
+    truth = source.next_token_probs(test_text.tokens)
+    seed_everything(0)
+    teacher = TinyGPT(V, L - 1, cfg["teacher_width"], cfg["teacher_layers"])
+    lm.SequenceDistiller(teacher, None, lr=cfg["lr"], device="cpu", progress=False).fit(
+        lm.next_token_loader(teacher_text.tokens, teacher_text.mask, 64, seed=0),
+        cfg["teacher_epochs"],
+    )
+    kl = {"text": [], "distilled": []}
+    for s in range(cfg["n_seeds"]):
+        for name, who in (("text", None), ("distilled", teacher)):
+            seed_everything(s)
+            student = TinyGPT(V, L - 1, cfg["student_width"], cfg["student_layers"], 2)
+            lm.SequenceDistiller(
+                student, who, lr=cfg["lr"], device="cpu", progress=False, seed=s
+            ).fit(
+                lm.next_token_loader(
+                    student_text.tokens, student_text.mask, cfg["batch_size"], seed=s
+                ),
+                cfg["student_epochs"],
+            )
+            kl[name].append(lm.kl_to_truth(student, test_text.tokens, *truth))
+    teacher_kl = lm.kl_to_truth(teacher, test_text.tokens, *truth)
+    mean = {k: sum(v) / len(v) for k, v in kl.items()}
+    assert teacher_kl < mean["distilled"] < mean["text"], (teacher_kl, kl)
