@@ -12,8 +12,13 @@ each notebook's ``parameters`` cell. Everything lands in the output folder (``bu
         results/NN_name.json  what the notebook's save_results() wrote (its headline figures)
         work/NN_name/         the notebook's working directory
 
-Fast mode is the default (every notebook in about a minute on a laptop CPU, offline on the
-embedded digits dataset); ``--full`` gives the numbers the text discusses. A failing notebook
+Fast mode is the default (every notebook in well under a minute on a laptop CPU, offline on
+the embedded digits dataset); ``--full`` gives the numbers the text discusses. ``--jobs N``
+runs N notebooks at once (default: one per core), each kernel with its share of the cores
+(``KDLIB_CPUS``, ``OMP_NUM_THREADS``; see :mod:`kdlib.runtime`); the report is the same as a
+serial run's. Kernels talk to the runner over local IPC sockets where the platform has them
+(no network port, no unencrypted-TCP warning) and show no progress bars
+(``KDLIB_PROGRESS=0``). A failing notebook
 is reported with its cell and error and the run goes on (unless ``--fail-fast``); a notebook
 that runs past ``--timeout`` seconds is stopped (its kernel is shut down) and reported. The
 exit status is 0 when every notebook succeeded, 1 otherwise, 2 when there was nothing to run.
@@ -31,6 +36,8 @@ import platform
 import re
 import sys
 import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +48,7 @@ __all__ = [
     "CourseRun",
     "NotebookResult",
     "add_arguments",
+    "default_jobs",
     "discover_notebooks",
     "find_repo_root",
     "main",
@@ -210,19 +218,85 @@ def notebook_parameters(path: str | Path, wanted: dict, explicit: set[str] = fro
     return parameters, warnings
 
 
-@contextlib.contextmanager
-def _environment(**values: str):
-    """Set environment variables (inherited by the kernel) for the duration of a block."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def default_jobs(n_notebooks: int | None = None) -> int:
+    """What the machine allows: one notebook per core of this process's CPU affinity, at most
+    one per 1.5 GB of available memory (when the platform says) and at most ``n_notebooks``."""
+    from kdlib.runtime import available_cpus
+
+    jobs = available_cpus()
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        jobs = min(jobs, max(1, int(free // 1.5e9)))
+    if n_notebooks:
+        jobs = min(jobs, n_notebooks)
+    return max(1, jobs)
+
+
+def kernel_environment(fast: bool, jobs: int = 1, threads: int | str = "auto") -> dict:
+    """The variables set for each notebook's kernel (``None``: removed from it).
+
+    ``threads``: ``"auto"`` gives each of the ``jobs`` kernels its share of the cores
+    (``KDLIB_CPUS`` and ``OMP_NUM_THREADS``; kdlib's policy then uses one thread for the small
+    models, see :mod:`kdlib.runtime`); a number sets ``KDLIB_THREADS`` to it in every kernel;
+    ``"torch"`` leaves PyTorch's own default (one thread per core in every kernel).
+    """
+    from kdlib.runtime import available_cpus
+
+    env = {
+        "MPLBACKEND": MPL_BACKEND,
+        "KDLIB_FAST": "1" if fast else "0",
+        "KDLIB_PROGRESS": "0",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",  # no debugger warning on frozen modules
+    }
+    if threads == "auto":
+        share = str(max(1, available_cpus() // max(1, jobs)))
+        env.update(KDLIB_CPUS=share, OMP_NUM_THREADS=share, MKL_NUM_THREADS=share)
+    elif threads == "torch":
+        env.update(KDLIB_THREADS="0", KDLIB_CPUS=None, OMP_NUM_THREADS=None, MKL_NUM_THREADS=None)
+    else:
+        try:
+            n = int(threads)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1 or str(n) != str(threads).strip():
+            raise ValueError(f"threads must be 'auto', 'torch' or a number >= 1, got {threads!r}")
+        env.update(KDLIB_THREADS=str(n), OMP_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n))
+    return env
+
+
+def _kernel_manager_class(env: dict, cwd: str):
+    """A jupyter_client kernel manager for one notebook: the kernel starts in ``cwd`` with
+    ``env`` applied to this process's environment (nothing process-wide changes, so several
+    notebooks can start at once from threads), over IPC sockets on POSIX."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum, default
+
+    ipc = os.name == "posix"
+
+    class CourseKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc" if ipc else "tcp")
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            if self.transport != "ipc":
+                return super()._ip_default()
+            from jupyter_core.paths import jupyter_runtime_dir
+
+            folder = Path(jupyter_runtime_dir())
+            folder.mkdir(parents=True, exist_ok=True)
+            return str(folder / f"kdlib-{uuid.uuid4().hex[:12]}-ipc")  # sockets: <ip>-<port>
+
+        async def start_kernel(self, **kw):
+            environ = dict(kw.pop("env", None) or os.environ)
+            for name, value in env.items():
+                if value is None:
+                    environ.pop(name, None)
+                else:
+                    environ[name] = value
+            kw.update(env=environ, cwd=cwd)
+            return await super().start_kernel(**kw)
+
+    return CourseKernelManager
 
 
 def _first_lines(source: str, n: int = 3) -> str:
@@ -271,8 +345,12 @@ def run_notebook(
     timeout: float | None = None,
     fast: bool = True,
     render_html: bool = True,
+    env: dict | None = None,
 ) -> NotebookResult:
     """Execute one notebook with papermill into ``out`` and return what happened.
+
+    The kernel runs in ``out/work/<stem>`` with :func:`kernel_environment` (``env``: that of a
+    serial run in ``fast`` mode when ``None``); safe to call from several threads at once.
 
     ``timeout`` (seconds, ``None`` or 0 for none) bounds the whole notebook: each cell may
     run only for what is left of it, so a cell that hangs is stopped when the notebook's time
@@ -320,19 +398,20 @@ def run_notebook(
 
     start = time.monotonic()
     try:
-        with _environment(MPLBACKEND=MPL_BACKEND, KDLIB_FAST="1" if fast else "0"):
-            papermill.execute_notebook(
-                str(path),
-                str(output),
-                parameters=result.parameters,
-                kernel_name=KERNEL_NAME,
-                cwd=str(workdir),
-                progress_bar=False,
-                log_output=False,
-                start_timeout=START_TIMEOUT,
-                timeout_func=cell_timeout,
-                shutdown_kernel="immediate",
-            )
+        papermill.execute_notebook(
+            str(path),
+            str(output),
+            parameters=result.parameters,
+            kernel_name=KERNEL_NAME,
+            progress_bar=False,
+            log_output=False,
+            start_timeout=START_TIMEOUT,
+            timeout_func=cell_timeout,
+            shutdown_kernel="immediate",
+            kernel_manager_class=_kernel_manager_class(
+                kernel_environment(fast) if env is None else env, str(workdir)
+            ),
+        )
         result.status = "ok"
     except papermill.PapermillExecutionError as exc:
         result.status = "failed"
@@ -440,8 +519,10 @@ def run_course(
     render_html: bool = True,
     progress: bool = True,
     echo=print,
+    jobs: int | None = None,
+    threads: int | str = "auto",
 ) -> CourseRun:
-    """Execute the selected notebooks of ``source`` in order and write the report to ``out``.
+    """Execute the selected notebooks of ``source`` and write the report to ``out``.
 
     Parameters given to every notebook that declares them: ``device``, ``dataset``, ``seed``,
     ``fast``, ``results_dir`` (``<out>/results``), ``epochs`` and ``n_seeds`` when not
@@ -449,6 +530,11 @@ def run_course(
     one gets a warning). ``timeout`` is per notebook (default 600 s fast, 7200 s full; 0 for
     none). ``results.json`` and ``index.html`` are rewritten after every notebook, so an
     interrupted run still leaves a report. Raises ``ValueError`` when nothing is selected.
+
+    ``jobs`` notebooks run at once (default :func:`default_jobs`; 1 with ``fail_fast``, so that
+    nothing starts after a failure), each kernel with the threads :func:`kernel_environment`
+    gives for ``threads``. The report lists the notebooks in order whatever order they finish
+    in, so it is the same as a serial run's (but for the seconds).
     """
     from tqdm.auto import tqdm
 
@@ -458,6 +544,12 @@ def run_course(
         raise ValueError(f"no notebooks NN_name/NN_name.ipynb under {source}")
     if timeout is None:
         timeout = DEFAULT_TIMEOUT["fast" if fast else "full"]
+    if jobs is None:
+        jobs = 1 if fail_fast else default_jobs(len(notebooks))
+    if int(jobs) < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    jobs = min(int(jobs), len(notebooks))
+    env = kernel_environment(fast, jobs, threads)
     out.mkdir(parents=True, exist_ok=True)
     results_dir = out / "results"
 
@@ -482,41 +574,81 @@ def run_course(
         },
         notebooks=[NotebookResult(name=p.stem, source=str(p)) for p in notebooks],
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        environment=_environment_info(),
+        environment={**_environment_info(), "jobs": jobs, "threads": threads},
     )
     write_report(run)
 
     bar = tqdm(total=len(notebooks), desc="course", unit="nb", disable=not progress)
+    options = {"timeout": timeout, "fast": fast, "render_html": render_html, "env": env}
+
+    def finished(index: int, result: NotebookResult) -> bool:
+        run.notebooks[index] = result
+        (bar.write if progress else echo)(summary_line(result))
+        bar.update(1)
+        write_report(run)
+        return not result.ok
+
     failed = False
     try:
-        for index, path in enumerate(notebooks):
-            if failed and fail_fast:
-                run.notebooks[index].status = "skipped"
-                continue
-            bar.set_postfix_str(path.stem)
-            run.notebooks[index].status = "running"
-            try:
-                result = run_notebook(
-                    path,
-                    out,
-                    {**wanted, "_explicit": explicit},
-                    timeout=timeout,
-                    fast=fast,
-                    render_html=render_html,
-                )
-            except KeyboardInterrupt:
-                run.notebooks[index].status = "interrupted"
-                raise
-            run.notebooks[index] = result
-            failed = failed or not result.ok
-            (bar.write if progress else echo)(summary_line(result))
-            bar.update(1)
-            write_report(run)
+        if jobs == 1:
+            for index, path in enumerate(notebooks):
+                if failed and fail_fast:
+                    run.notebooks[index].status = "skipped"
+                    continue
+                bar.set_postfix_str(path.stem)
+                run.notebooks[index].status = "running"
+                try:
+                    result = run_notebook(path, out, {**wanted, "_explicit": explicit}, **options)
+                except KeyboardInterrupt:
+                    run.notebooks[index].status = "interrupted"
+                    raise
+                failed = finished(index, result) or failed
+        else:
+            failed = _run_parallel(
+                run, notebooks, out, wanted, explicit, options, jobs, fail_fast, bar, finished
+            )
     finally:
         bar.close()
         run.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         write_report(run)
     return run
+
+
+def _run_parallel(
+    run, notebooks, out, wanted, explicit, options, jobs, fail_fast, bar, finished
+) -> bool:
+    """Run the notebooks ``jobs`` at a time in threads (each drives its own kernel process);
+    returns whether one failed. With ``fail_fast`` the ones not yet started are skipped."""
+    failed = False
+    pending = list(enumerate(notebooks))
+    running: dict = {}
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="kdlib-course") as pool:
+        try:
+            while pending or running:
+                while pending and len(running) < jobs and not (failed and fail_fast):
+                    index, path = pending.pop(0)
+                    run.notebooks[index].status = "running"
+                    future = pool.submit(
+                        run_notebook, path, out, {**wanted, "_explicit": explicit}, **options
+                    )
+                    running[future] = index
+                if failed and fail_fast:
+                    for index, _ in pending:
+                        run.notebooks[index].status = "skipped"
+                    pending = []
+                if not running:
+                    break
+                bar.set_postfix_str(", ".join(run.notebooks[i].name for i in running.values()))
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=running.get):
+                    failed = finished(running.pop(future), future.result()) or failed
+        except KeyboardInterrupt:
+            for index in running.values():
+                run.notebooks[index].status = "interrupted"
+            for future in running:
+                future.cancel()
+            raise
+    return failed
 
 
 # --------------------------------------------------------------------------- CLI
@@ -620,6 +752,23 @@ def add_arguments(parser: argparse.ArgumentParser, path=("course", "run")) -> No
         f"{DEFAULT_TIMEOUT['full']} full; 0: no limit)",
     )
     parser.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N notebooks at once, the cores shared between their kernels (default: one "
+        "per core, as memory allows; 1 with --fail-fast)",
+    )
+    parser.add_argument(
+        "--threads",
+        default="auto",
+        metavar="auto|N|torch",
+        help="CPU threads of each kernel: auto (its share of the cores; kdlib uses one thread "
+        "for the small digits models), N (KDLIB_THREADS=N everywhere) or torch (PyTorch's "
+        "default: one per core in every kernel; for comparison)",
+    )
+    parser.add_argument(
         "--fail-fast",
         action="store_true",
         help="stop at the first notebook that fails (the rest are 'skipped')",
@@ -671,6 +820,8 @@ def main(args: argparse.Namespace) -> int:
             fail_fast=args.fail_fast,
             render_html=args.html,
             progress=args.progress,
+            jobs=args.jobs,
+            threads=args.threads,
         )
     except ValueError as exc:
         print(f"kdlib course run: {exc}", file=sys.stderr)
