@@ -12,6 +12,7 @@ Modules, each named for what it holds:
 - ``kdlib.models``   MLPs, small CNNs and the CIFAR ResNets of the KD literature
 - ``kdlib.lm``       language models: per-token KD losses, sequence-level and on-policy KD
 - ``kdlib.distill``  device and seed helpers, ``freeze``, ``train_supervised``, ``Distiller``
+- ``kdlib.distributed`` torchrun helpers: process group, rank, sharding, all-reduce (DDP)
 - ``kdlib.metrics``  accuracy, agreement, calibration, teacher-to-student KL
 - ``kdlib.efficiency`` parameters, latency, throughput and activation memory
 
