@@ -70,6 +70,8 @@ class TrainedTeacher:
     ``history``: one dict per epoch as :meth:`kdlib.distill.Distiller.fit` records it;
     ``seconds``: how long the training took when it ran (also when loaded from the cache);
     ``snapshots``: ``{epoch: model}`` for the requested intermediate epochs (eval mode);
+    ``loader_state``: the training loader's shuffling state after training (restored on load,
+    so a loader shared with a student continues the same batches, cached or not);
     ``from_cache``: whether the weights were loaded; ``path``: the cache file (None without a
     cache); ``key``: the key's hash.
     """
@@ -78,6 +80,7 @@ class TrainedTeacher:
     history: list = field(default_factory=list)
     seconds: float = 0.0
     snapshots: dict = field(default_factory=dict)
+    loader_state: torch.Tensor | None = None
     from_cache: bool = False
     path: Path | None = None
     key: str = ""
@@ -344,7 +347,7 @@ def train_teacher(
         return train_now()
     try:
         if cache != "refresh" and path.exists():
-            loaded = _load(path, key, build, model, stops, device)
+            loaded = _load(path, key, build, model, stops, device, train_loader)
             if loaded is not None:
                 loaded.key = key_hash
                 return loaded
@@ -357,6 +360,7 @@ def train_teacher(
                 "snapshots": {e: _cpu_state(m) for e, m in result.snapshots.items()},
                 "history": result.history,
                 "seconds": result.seconds,
+                "loader_state": result.loader_state,
             },
             payload,
         )
@@ -384,10 +388,12 @@ def _train(model, train_loader, val_loader, epochs, stops, options, device, prog
         if stop in stops:
             kept[stop] = _snapshot(model)
     seconds = time.perf_counter() - start
-    return TrainedTeacher(model, list(trainer.history), seconds, kept, False, None, "")
+    generator = getattr(train_loader, "generator", None)
+    state = generator.get_state() if generator is not None else None
+    return TrainedTeacher(model, list(trainer.history), seconds, kept, state, False, None, "")
 
 
-def _load(path: Path, key: dict, build, model, stops, device) -> TrainedTeacher | None:
+def _load(path: Path, key: dict, build, model, stops, device, loader) -> TrainedTeacher | None:
     """The cached teacher, or None (with a warning when the file is bad) to train again."""
     try:
         state = _read_verified(path)
@@ -402,6 +408,10 @@ def _load(path: Path, key: dict, build, model, stops, device) -> TrainedTeacher 
             snap = build()
             snap.load_state_dict(state["snapshots"][stop])
             kept[stop] = snap.to(device).eval()
+        loader_state = state.get("loader_state")
+        generator = getattr(loader, "generator", None)
+        if generator is not None and loader_state is not None:
+            generator.set_state(loader_state)  # where training would have left it
     except (ValueError, KeyError, RuntimeError, OSError, TypeError) as exc:
         warnings.warn(
             f"teacher cache: {path} is corrupted ({exc}); training the teacher again",
@@ -410,5 +420,12 @@ def _load(path: Path, key: dict, build, model, stops, device) -> TrainedTeacher 
         )
         return None
     return TrainedTeacher(
-        loaded.to(device), list(state["history"]), float(state["seconds"]), kept, True, path, ""
+        loaded.to(device),
+        list(state["history"]),
+        float(state["seconds"]),
+        kept,
+        loader_state,
+        True,
+        path,
+        "",
     )

@@ -72,6 +72,13 @@ def test_second_request_loads_without_training(request_teacher, tmp_path, digits
     for a, b in zip(weights(first.model), weights(second.model), strict=True):
         assert torch.equal(a, b)
     assert second.history == first.history and second.seconds == first.seconds
+    # a loader shared with a student continues where training left it, cached or not
+    shared = digits.train.loader(64, shuffle=True, seed=0)
+    train_teacher(build(), shared, 2, seed=0, lr=3e-3, device="cpu", cache=tmp_path)
+    assert torch.equal(shared.generator.get_state(), first.loader_state)
+    assert not torch.equal(
+        first.loader_state, digits.train.loader(64, seed=0).generator.get_state()
+    )
     # the loaded teacher predicts what the trained one does
     x = digits.test.x[:32]
     first.model.eval(), second.model.eval()
