@@ -103,7 +103,7 @@ def cache_dir() -> Path | None:
 def _sha256_tensors(tensors: Iterable[torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for t in tensors:
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu().contiguous().reshape(-1)  # 0-d buffers (BatchNorm's count) too
         digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()

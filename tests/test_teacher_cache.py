@@ -14,7 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from kdlib import teacher_cache
 from kdlib.data import random_shift
-from kdlib.models import MLP
+from kdlib.models import MLP, SmallCNN
 from kdlib.teacher_cache import TeacherCacheWarning, train_teacher
 
 
@@ -185,3 +185,23 @@ def test_bad_requests_are_refused(request_teacher, digits):
     shifted = digits.train.loader(64, transform=lambda x, g: x)
     with pytest.raises(ValueError, match="lambda"):
         train_teacher(build(), shifted, 1, seed=0, device="cpu", progress=False)
+
+
+def test_a_batchnorm_cnn_round_trips(digits, tmp_path):
+    """BatchNorm's running statistics and its 0-d batch counter are stored and loaded too."""
+
+    def request():
+        return train_teacher(
+            lambda: SmallCNN(width=4, depth=2),
+            digits.train.loader(64),
+            1,
+            seed=0,
+            device="cpu",
+            progress=False,
+            cache=tmp_path,
+        )
+
+    first, second = request(), request()
+    assert second.from_cache
+    for (name, a), b in zip(first.model.state_dict().items(), weights(second.model), strict=True):
+        assert torch.equal(a, b), name
