@@ -68,12 +68,28 @@ def _hint_run(batch, epochs=1):
     return distiller
 
 
+def _dataloader_run(epochs=2):
+    """``train_supervised``'s loop on a plain shuffling ``DataLoader`` (its sampler replaced)."""
+    x, y, val = _data()
+    seed_everything(0)
+    dataset = torch.utils.data.TensorDataset(x, y)
+    generator = torch.Generator().manual_seed(0)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=GLOBAL_BATCH // WORLD, shuffle=True, generator=generator
+    )
+    distiller = Distiller(models.MLP(64, (32,), 10), None, lr=1e-2, progress=False)
+    distiller.fit(loader, epochs, val_loader=val)
+    return distiller
+
+
 def _worker(out: Path) -> None:
-    """One torchrun rank: the two runs with the per-rank batch, results saved per rank."""
+    """One torchrun rank: the runs with the per-rank batch, results saved per rank."""
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     kd = _kd_run(GLOBAL_BATCH // WORLD, 2, checkpoint=out / f"kd-rank{rank}.pt")
     hint = _hint_run(GLOBAL_BATCH // WORLD)
+    plain = _dataloader_run()
+    share = plain._shards[1]
     torch.save(
         {
             "world_size": kd.world_size,
@@ -83,6 +99,13 @@ def _worker(out: Path) -> None:
             "hint_student": hint.student.state_dict(),
             "hint_adapter": hint.terms[0].state_dict(),
             "hint_history": hint.history,
+            "dataloader": {
+                "history": plain.history,
+                "student": plain.student.state_dict(),
+                "batches": len(share),
+                "sampler_epoch": share.sampler.epoch,
+                "indices": list(share.sampler),
+            },
         },
         out / f"rank{rank}.pt",
     )
@@ -236,6 +259,18 @@ def test_adapter_is_trained_in_sync(two_ranks):
     assert ranks[0]["hint_history"][0]["train_hint"] == pytest.approx(
         one.history[0]["train_hint"], rel=1e-5
     )
+
+
+@pytest.mark.slow
+def test_dataloader_is_dealt_out_by_a_distributed_sampler(two_ranks):
+    ranks, _ = two_ranks
+    runs = [r["dataloader"] for r in ranks]
+    assert [r["batches"] for r in runs] == [N_TRAIN // GLOBAL_BATCH] * 2  # half the data each
+    assert [r["sampler_epoch"] for r in runs] == [1, 1]  # set_epoch(1) for the second epoch
+    assert not set(runs[0]["indices"]) & set(runs[1]["indices"])  # disjoint halves
+    assert _max_diff(runs[0]["student"], runs[1]["student"]) == 0.0
+    assert _strip(runs[0]["history"]) == _strip(runs[1]["history"])
+    assert runs[0]["history"][1]["train_loss"] < runs[0]["history"][0]["train_loss"]
 
 
 @pytest.mark.slow
