@@ -20,7 +20,9 @@ def _name(requirement: str) -> str:
 
 
 def _spec(requirement: str) -> str:
-    return requirement.strip()[len(_name(requirement)) :].replace(" ", "")
+    """The version range, without extras (conda-forge packages have none)."""
+    rest = requirement.strip()[len(_name(requirement)) :].replace(" ", "")
+    return re.sub(r"^\[[^\]]*\]", "", rest)
 
 
 def _pyproject():
