@@ -157,6 +157,15 @@ def evaluate(model: nn.Module, data, device: torch.device | None = None) -> dict
     return {"loss": loss.item() / count, "accuracy": correct.item() / count}
 
 
+_INTEGER_LABELS = (torch.int8, torch.uint8, torch.int16, torch.int32)
+
+
+def _as_class_index(y: torch.Tensor) -> torch.Tensor:
+    """Labels of a smaller integer dtype (int32 from numpy, uint8 from image files) as the
+    int64 class indices PyTorch's losses need; other dtypes are left for the loss to check."""
+    return y.long() if y.dtype in _INTEGER_LABELS else y
+
+
 def _evaluation_sums(model: nn.Module, data, device: torch.device | None = None):
     """``(summed cross-entropy, number correct, number of labelled samples)`` of ``model`` on
     ``data``: the first two as 0-d tensors on the device, the count an int."""
@@ -167,7 +176,7 @@ def _evaluation_sums(model: nn.Module, data, device: torch.device | None = None)
     loss = torch.zeros((), device=device)
     count = 0
     for x, y in _batches(data):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x.to(device, non_blocking=True), _as_class_index(y.to(device, non_blocking=True))
         keep = y != IGNORE_INDEX
         logits = model(x).float()[keep]
         y = y[keep]
@@ -564,7 +573,7 @@ class Distiller:
         x, y = batch[0], batch[1]
         index = batch[2] if len(batch) > 2 else None
         x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
+        y = _as_class_index(y.to(self.device, non_blocking=True))
         if self.augment is not None:  # one view for the teacher and the student alike
             x = self.augment(x)
         if self.channels_last and x.dim() == 4:

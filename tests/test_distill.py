@@ -251,3 +251,22 @@ def test_distillation_beats_labels_alone_with_few_labels(digits, teacher):
     print(f"teacher {teacher_acc:.3f}  baseline {b_mean:.3f}  distilled {d_mean:.3f}")
     assert teacher_acc > 0.95
     assert d_mean > b_mean + 0.03
+
+
+def test_integer_labels_of_any_width_train_and_evaluate(digits, quick_teacher):
+    """Labels as numpy gives them (int32) or as image files store them (uint8) work in the
+    Distiller, train_supervised and evaluate, with the same result as int64."""
+    from kdlib.data import TensorLoader
+    from kdlib.distill import Distiller, evaluate, seed_everything
+
+    results = []
+    for dtype in (torch.int64, torch.int32, torch.uint8):
+        seed_everything(0)
+        student = models.MLP(64, (16,), 10)
+        x, y = digits.train.x, digits.train.y.to(dtype)
+        loader = TensorLoader(x, y, batch_size=64, shuffle=True, seed=0)
+        history = Distiller(student, quick_teacher, lr=3e-3, progress=False, device="cpu").fit(
+            loader, epochs=2)
+        metrics = evaluate(student, (digits.val.x, digits.val.y.to(dtype)))
+        results.append((history[-1]["train_loss"], metrics["accuracy"]))
+    assert results[1] == pytest.approx(results[0]) and results[2] == pytest.approx(results[0])
