@@ -274,8 +274,11 @@ def _fast_settings() -> dict:
     raise AssertionError("notebook 10 has no SETTINGS cell")
 
 
+@pytest.mark.slow
 def test_fast_mode_distilled_student_is_closer_to_the_truth_than_text_alone():
-    """Notebook 10's headline, with its fast settings and data (seed 0), through kdlib."""
+    """Notebook 10's headline, with its fast settings and data (seed 0), through kdlib: the
+    token-level distilled student's exact KL to the grammar, averaged over the fast seeds, is
+    below the text-only student's (and above the teacher's). About 12 s of CPU time."""
     cfg = _fast_settings()
     source = lm.SentenceSource()
     teacher_text = source.sample(cfg["n_teacher_text"], seed=1000)
