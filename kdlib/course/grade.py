@@ -73,8 +73,12 @@ BAD_INPUT = {
     "autograde-failed",
     "assignment-failed",
     "bad-student-id",
+    "grading-error",
 }
 _GLOB_SPECIAL = set("*?[]")  # nbgrader finds submissions with glob: ids cannot contain these
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a newline in an id breaks paths, logs and CSVs
+_NOISE = {".ipynb_checkpoints", ".DS_Store", "__MACOSX", "Thumbs.db"}  # not worth a row
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs such a cell as a formula
 
 
 class GradingError(Exception):
@@ -118,6 +122,7 @@ class Report:
     graded: list[tuple[str, str]]  # (assignment, student) autograded in this run
     issues: list[Issue]
     rows: list[dict[str, str]]  # the rows of grades.csv
+    sandbox: str = ""  # why the kernels ran without bubblewrap ("" when they ran in it)
 
     @property
     def exit_code(self) -> int:
@@ -181,18 +186,30 @@ def _ensure_alembic_on_path() -> None:
 def scan_submissions(
     root: Path, known: dict[str, list[str]], named: list[str]
 ) -> tuple[list[Submission], list[Issue]]:
-    """Read the submissions folder (both layouts). Returns the submissions and the problems."""
+    """Read the submissions folder (both layouts). Returns the submissions and the problems;
+    every file or folder that is not graded is reported (``not-graded`` when it is or holds a
+    notebook, ``ignored-file`` otherwise)."""
     subs: list[Submission] = []
     issues: list[Issue] = []
 
     def notebooks_in(folder: Path) -> list[Path]:
         return sorted(p for p in folder.glob("*.ipynb") if p.is_file() and not _hidden(p))
 
+    def ignored(entry: Path, student: str = "", assignment: str = "", why: str = "") -> None:
+        if entry.name in _NOISE:
+            return
+        holds_notebook = entry.suffix == ".ipynb" or (
+            entry.is_dir() and any(p.suffix == ".ipynb" for p in entry.rglob("*")))
+        kind = "not-graded" if holds_notebook else "ignored-file"
+        issues.append(Issue(assignment, student, kind, f"{entry}: not graded ({why})"))
+
     for entry in sorted(root.iterdir()):
         if _hidden(entry):
+            ignored(entry, why="a hidden name (starts with . or __)")
             continue
         if entry.is_file():
             if entry.suffix != ".ipynb":
+                ignored(entry, why="not a notebook")
                 continue
             if len(named) == 1:
                 subs.append(Submission(entry.stem, named[0], entry, [entry]))
@@ -203,11 +220,13 @@ def scan_submissions(
         elif entry.is_dir() and entry.name in known:  # flat: DIR/<assignment>/<student>.ipynb
             for item in sorted(entry.iterdir()):
                 if _hidden(item):
-                    continue
-                if item.is_file() and item.suffix == ".ipynb":
+                    ignored(item, assignment=entry.name, why="a hidden name")
+                elif item.is_file() and item.suffix == ".ipynb":
                     subs.append(Submission(item.stem, entry.name, item, [item]))
                 elif item.is_dir():  # DIR/<assignment>/<student>/<notebook>.ipynb
                     subs.append(Submission(item.name, entry.name, item, notebooks_in(item), item))
+                else:
+                    ignored(item, assignment=entry.name, why="not a notebook")
         elif entry.is_dir():  # nbgrader: DIR/<student>/<assignment>/<notebook>.ipynb
             folders = [d for d in sorted(entry.iterdir()) if d.is_dir() and not _hidden(d)]
             loose = notebooks_in(entry)
@@ -221,6 +240,12 @@ def scan_submissions(
                                     f"{entry}: student folder with no notebook (expected "
                                     f"{entry.name}/<assignment>/<notebook>.ipynb)"))
                 continue
+            for item in sorted(entry.iterdir()):
+                if item.is_dir() and not _hidden(item):
+                    continue
+                ignored(item, student=entry.name,
+                        why="beside the assignment folders of a student (expected "
+                        f"{entry.name}/<assignment>/<notebook>.ipynb)")
             for folder in folders:
                 if folder.name not in known:
                     issues.append(Issue(folder.name, entry.name, "unknown-assignment",
@@ -234,9 +259,10 @@ def scan_submissions(
     seen: dict[tuple[str, str], Submission] = {}
     unique = []
     for sub in subs:
-        if _GLOB_SPECIAL & set(sub.student):
-            issues.append(Issue(sub.assignment, sub.student, "bad-student-id",
-                                f"{sub.origin}: a student id cannot contain * ? [ ]: rename it"))
+        if _GLOB_SPECIAL & set(sub.student) or _CONTROL.search(sub.student):
+            issues.append(Issue(sub.assignment, ascii(sub.student)[1:-1], "bad-student-id",
+                                f"{ascii(str(sub.origin))[1:-1]}: a student id cannot contain "
+                                "* ? [ ] or control characters (a newline, a tab): rename it"))
             continue
         key = (sub.assignment, sub.student)
         if key in seen:
@@ -270,7 +296,8 @@ def _copy_extras(src: Path, dest: Path) -> None:
     """Copy the non-notebook files of an nbgrader-layout submission folder."""
     for item in sorted(src.rglob("*")):
         rel = item.relative_to(src)
-        if any(part.startswith(".") for part in rel.parts) or item.suffix == ".ipynb":
+        if (any(part.startswith(".") for part in rel.parts) or item.suffix == ".ipynb"
+                or item.is_symlink()):  # a link could fetch any file the grader can read
             continue
         target = dest / rel
         if item.is_dir():
@@ -438,7 +465,20 @@ def export_grades(db_url: str, course_id: str, assignments: list[str], source_di
     return columns, rows
 
 
+def _neutral(value):
+    """A CSV cell a spreadsheet will not run: text starting with = + - @ (or a tab or carriage
+    return) gets a leading apostrophe; numbers are left alone."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return "'" + value
+    return value
+
+
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    rows = [{k: _neutral(v) for k, v in r.items()} for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, restval="", lineterminator="\n")
@@ -455,6 +495,7 @@ def _zero_failed(db_url: str, course_id: str, assignment: str, student: str) -> 
         try:
             sub = gb.find_submission(assignment, student)
         except MissingEntry:
+            gb.update_or_create_student(student)
             sub = gb.update_or_create_submission(assignment, student)
         for snb in sub.notebooks:
             for grade in snb.grades:
@@ -482,6 +523,8 @@ class _Grading:
     timeout: int | None
     feedback: bool
     echo: Callable
+    jobs: int = 1  # submissions autograded at once, each in its own process and kernel
+    sandbox: str = ""  # why the kernels run without bubblewrap ("" when they run in it)
     issues: list[Issue] = field(default_factory=list)
     graded: list[tuple[str, str]] = field(default_factory=list)
 
@@ -500,24 +543,71 @@ def grade(
     timeout: int | None = None,
     csv_path: str | Path | None = None,
     feedback: bool = True,
+    jobs: int = 1,
     echo=print,
 ) -> Report:
     """Grade a folder of submissions; see the module docstring. Raises GradingError on usage
     errors; every problem with a submission is an Issue in the returned Report."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise GradingError(f"--jobs must be a positive integer, got {jobs!r}")
     run = _check_arguments(submissions, assignments, course_dir, out, db_url, timeout,
                            csv_path, feedback, echo)
+    run.jobs = jobs
     _ensure_alembic_on_path()
+    _announce_sandbox(run)
     subs, selected = _find_submissions(run)
-    with tempfile.TemporaryDirectory(prefix="kdlib-grade-release-") as release_dir:
+    with tempfile.TemporaryDirectory(prefix="kdlib-grade-") as work:
+        release_dir = os.path.join(work, "release")
         api = _nbgrader_api(run, release_dir)
+        todo = []
         for name in selected:
             mine = [s for s in subs if s.assignment == name]
             checksums = _register_assignment(run, api, name, release_dir, len(mine))
             if checksums is None:
                 continue
+            try:
+                template = _template_gradebook(run, api, name, Path(work))
+            except Exception as exc:  # noqa: BLE001 - reported, the other assignments go on
+                run.issues.append(Issue(name, "", "assignment-failed",
+                                        f"{run.source_dir / name}: {exc}; its {len(mine)} "
+                                        "submission(s) were not graded"))
+                continue
             for sub in mine:
-                _grade_submission(run, api, sub, checksums)
+                job = _guarded(run, sub, _prepare_submission, run, sub, checksums, template,
+                               Path(work) / f"job{len(todo):05d}")
+                if job is not None:
+                    todo.append(job)
+        _autograde_all(run, api, todo)
     return _write_reports(run, api.coursedir.course_id, selected)
+
+
+def _guarded(run: _Grading, sub: Submission, step: Callable, *args):
+    """``step(*args)``; an unexpected error is reported against ``sub`` (kind grading-error)
+    and the rest of the class goes on. Returns what the step returned, or None."""
+    try:
+        return step(*args)
+    except Exception as exc:  # noqa: BLE001 - nothing one submission does may stop the class
+        first = (str(exc).strip().splitlines() or [""])[0]
+        reason = f"{type(exc).__name__}: {first}"
+        run.issues.append(Issue(sub.assignment, sub.student, "grading-error",
+                                f"{sub.origin}: {step.__name__.strip('_')} failed "
+                                f"({reason[:300]})"))
+        run.echo(f"{sub.assignment}/{sub.student}: grading error ({reason[:120]})")
+        return None
+
+
+def _announce_sandbox(run: _Grading) -> None:
+    """Say, on every run, whether the students' kernels run in bubblewrap."""
+    from kdlib.course.sandbox import bwrap_status
+
+    path, reason = bwrap_status()
+    run.sandbox = "" if path else reason
+    if path:
+        run.echo(f"sandbox: each kernel runs in bubblewrap ({path}): its own scratch folder, "
+                 "no network, nothing else of the course in sight")
+    else:
+        run.echo(f"kdlib grade: warning: NO SANDBOX: {reason}; the students' code runs with "
+                 "this account's rights (see the README, 'Running students' code safely')")
 
 
 def _check_arguments(submissions, assignments, course_dir, out, db_url, timeout, csv_path,
@@ -596,6 +686,23 @@ def _nbgrader_api(run: _Grading, release_dir: str):
     overrides.CourseDirectory.db_url = run.db_url
     if run.timeout is not None:
         overrides.Execute.timeout = int(run.timeout)
+    from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+    from nbgrader.preprocessors import (
+        AssignLatePenalties,
+        CheckCellMetadata,
+        GetGrades,
+        IgnorePattern,
+        LimitOutput,
+        SaveAutoGrades,
+    )
+
+    from kdlib.course.sandbox import FeedbackSafety, GuardedExecute
+
+    overrides.Autograde.autograde_preprocessors = [
+        GuardedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+        AssignLatePenalties, CheckCellMetadata]
+    overrides.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor,
+                                                FeedbackSafety]
     run.cfg.merge(overrides)
     run.cfg.NbGraderAPI.log_level = logging.INFO
 
@@ -630,47 +737,309 @@ def _register_assignment(run: _Grading, api, name: str, release_dir: str, n_subs
     return release_sums, source_sums
 
 
-def _grade_submission(run: _Grading, api, sub: Submission, checksums) -> None:
-    """Import one submission, report its edited or deleted locked cells, autograde it, report
-    its timed-out cells and write its feedback."""
-    name, who = sub.assignment, f"{sub.assignment}/{sub.student}"
+@dataclass
+class _Job:
+    """One submission, ready to autograde in its own process: a scratch course folder
+    ``root`` holding only its notebooks (and the files travelling with them) under
+    ``submitted/``, and a gradebook with only its assignment."""
+
+    sub: Submission
+    notebooks: dict  # notebook name -> notebook as submitted
+    missing: dict  # notebook name -> grade_ids of the locked cells it deleted
+    root: Path
+    n_cells: int
+
+    @property
+    def db_url(self) -> str:
+        return "sqlite:///" + str(self.root / "gradebook.db")
+
+    @property
+    def who(self) -> str:
+        return f"{self.sub.assignment}/{self.sub.student}"
+
+
+def _template_gradebook(run: _Grading, api, name: str, work: Path) -> Path:
+    """A gradebook holding only assignment ``name`` (its cells, hidden tests): what each
+    submission's process autogrades against, so that no process but this one writes to the
+    real gradebook, and none sees the other students."""
+    path = work / f"template-{name}.db"
+    url = "sqlite:///" + str(path)
+    saved = api.coursedir.db_url
+    api.coursedir.db_url = url
+    try:
+        result = api.generate_assignment(name, force=True, create=True)
+    finally:
+        api.coursedir.db_url = saved
+    if not result["success"]:
+        raise GradingError(f"{name}: cannot build its gradebook ({_failure_reason(result)})")
+    return path
+
+
+def _prepare_submission(run: _Grading, sub: Submission, checksums, template: Path,
+                        root: Path) -> _Job | None:
+    """Import one submission, report its edited, deleted or duplicated locked cells, its bad
+    timestamp and its suspicious cells, and lay out its scratch folder."""
+    from kdlib.course.sandbox import scan_cells
+
+    name = sub.assignment
     dest = run.submitted / sub.student / name
     notebooks, found = import_submission(sub, run.known[name], dest, run.in_place)
     run.issues.extend(found)
     if not notebooks:
-        run.echo(f"{who}: not graded (see the problems reported)")
+        run.echo(f"{name}/{sub.student}: not graded (see the problems reported)")
+        return None
+    missing = _report_locked_cells(run, sub, notebooks, dest, checksums)
+    scratch = root / "submitted" / sub.student / name
+    shutil.copytree(dest, scratch, symlinks=True, ignore=lambda d, names: [
+        n for n in names if n.startswith(".") or os.path.islink(os.path.join(d, n))])
+    _check_timestamp(run, sub, scratch)
+    n_cells = 0
+    for nb_name, nb in sorted(notebooks.items()):
+        import copy
+
+        import nbformat
+
+        nb = copy.deepcopy(nb)
+        dups = _drop_duplicate_ids(nb)
+        if dups:
+            run.issues.append(Issue(name, sub.student, "duplicate-cell",
+                                    f"{dest / nb_name}.ipynb: cell(s) {', '.join(dups)} appear "
+                                    "more than once; the first copy is graded, the others run "
+                                    "as plain cells"))
+        nbformat.write(nb, str(scratch / f"{nb_name}.ipynb"))
+        n_cells += len(nb.cells)
+        reasons = scan_cells(nb)
+        if reasons:
+            run.issues.append(Issue(name, sub.student, "manual-review",
+                                    f"{dest / nb_name}.ipynb: " + " | ".join(reasons)))
+    shutil.copyfile(template, root / "gradebook.db")
+    return _Job(sub, notebooks, missing, root, n_cells)
+
+
+def _check_timestamp(run: _Grading, sub: Submission, scratch: Path) -> None:
+    """A timestamp.txt nbgrader cannot read is reported and left out (graded as on time)."""
+    from nbgrader.utils import parse_utc
+
+    stamp = scratch / "timestamp.txt"
+    if not stamp.is_file():
         return
-    _report_locked_cells(run, sub, notebooks, dest, checksums)
-    result = api.autograde(name, sub.student, force=True, create=True)
-    _save_log(run.logs_dir / name / f"{sub.student}.log", result)
+    try:
+        text = stamp.read_text(encoding="utf-8").strip()
+        parse_utc(text)
+    except Exception as exc:  # noqa: BLE001 - ValueError, OverflowError, UnicodeDecodeError...
+        stamp.unlink()
+        run.issues.append(Issue(sub.assignment, sub.student, "bad-timestamp",
+                                f"{sub.origin}: timestamp.txt is not a date nbgrader can read "
+                                f"({type(exc).__name__}); graded without it (no late penalty)"))
+
+
+def _drop_duplicate_ids(nb) -> list[str]:
+    """Keep the nbgrader metadata of the first cell of each grade_id and drop it from later
+    copies (nbgrader would otherwise fail the whole notebook). Returns the duplicated ids."""
+    seen, dups = set(), []
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        gid = meta.get("grade_id") if isinstance(meta, dict) else None
+        if not gid:
+            continue
+        if gid in seen:
+            del cell.metadata["nbgrader"]
+            dups.append(gid)
+        seen.add(gid)
+    return list(dict.fromkeys(dups))
+
+
+def _autograde_all(run: _Grading, api, jobs: list[_Job]) -> None:
+    """Autograde every job, ``run.jobs`` at a time, each in a process of its own (forked from
+    this one, so nbgrader is imported once); as each ends, its grades go into the gradebook
+    (only this process writes there) and its feedback is written."""
+    import multiprocessing
+    import time
+    from multiprocessing.connection import wait
+
+    if not jobs:
+        return
+    if "fork" not in multiprocessing.get_all_start_methods():  # Windows: one at a time, here
+        for job in jobs:
+            _child_autograde(run, job)
+            _guarded(run, job.sub, _finish_submission, run, api, job, 0)
+        return
+    ctx = multiprocessing.get_context("fork")
+    threads = _threads_per_job(run.jobs)
+    limit = _config_value(run.cfg, "Execute", "timeout", 30) or 30
+    queue, running = list(jobs), {}
+    while queue or running:
+        while queue and len(running) < run.jobs:
+            job = queue.pop(0)
+            proc = ctx.Process(target=_child_main, args=(run, job, threads), daemon=True)
+            proc.start()
+            deadline = time.monotonic() + 120 + (job.n_cells + 2) * (2 * limit + 10)
+            running[proc.sentinel] = (proc, job, deadline)
+        for sentinel in wait(list(running), timeout=1.0):
+            proc, job, _ = running.pop(sentinel)
+            proc.join()
+            _guarded(run, job.sub, _finish_submission, run, api, job, proc.exitcode)
+        for sentinel, (proc, job, deadline) in list(running.items()):
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.join()
+                del running[sentinel]
+                _guarded(run, job.sub, _finish_submission, run, api, job, "killed")
+
+
+def _threads_per_job(jobs: int) -> dict[str, str]:
+    """Thread-count variables for each kernel: the machine's CPUs shared by ``jobs`` (a value
+    the instructor set in the environment is kept)."""
+    if jobs <= 1:
+        return {}
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    share = str(max(1, cpus // jobs))
+    return {k: share for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "KDLIB_THREADS")
+            if k not in os.environ}
+
+
+def _child_main(run: _Grading, job: _Job, threads: dict[str, str]) -> None:
+    """Entry point of a submission's process."""
+    os.environ.update(threads)
+    os.environ["PYTHONSAFEPATH"] = "1"  # a kernel outside bubblewrap: cwd not on sys.path
+    try:
+        os.setpgrp()  # its kernel (and anything left outside a sandbox) is one group
+    except OSError:
+        pass
+    _child_autograde(run, job)
+
+
+def _child_autograde(run: _Grading, job: _Job) -> None:
+    """nbgrader autograde of one submission against its scratch folder and gradebook; the
+    result (success, log, what the guard put back) goes to ``root/result.json``."""
+    import copy
+    import json
+
+    from traitlets.config import Config
+
+    from kdlib.course.sandbox import GuardedExecute, SandboxedKernelManager
+
+    result = {"success": False, "log": "", "error": ""}
+    try:
+        cfg = copy.deepcopy(run.cfg)
+        overrides = Config()
+        overrides.CourseDirectory.root = str(job.root)
+        overrides.CourseDirectory.source_directory = str(run.source_dir)
+        overrides.CourseDirectory.submitted_directory = str(job.root / "submitted")
+        overrides.CourseDirectory.autograded_directory = str(job.root / "autograded")
+        overrides.CourseDirectory.feedback_directory = str(job.root / "feedback")
+        overrides.CourseDirectory.db_url = job.db_url
+        cfg.merge(overrides)
+        ipc = job.root / "ipc"
+        ipc.mkdir(mode=0o700)
+        GuardedExecute.sandboxed = not run.sandbox
+        GuardedExecute.tampering = []
+        SandboxedKernelManager.ipc_dir = ipc
+        SandboxedKernelManager.hidden = [run.course, run.out, run.sub_root, job.root]
+        from nbgrader.apps import NbGraderAPI
+
+        api = NbGraderAPI(config=cfg)
+        result = dict(api.autograde(job.sub.assignment, job.sub.student, force=True,
+                                    create=True))
+        result["tampering"] = list(GuardedExecute.tampering)
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+        result["error"] = (result.get("error") or "") + f"\n{type(exc).__name__}: {exc}"
+    finally:
+        (job.root / "result.json").write_text(json.dumps(result, default=str), "utf-8")
+
+
+def _finish_submission(run: _Grading, api, job: _Job, exitcode) -> None:
+    """After a submission's process: its log, its grades into the gradebook (or 0 pending a
+    manual grade when autograding failed), its autograded notebooks, the cells cut at the
+    timeout, what the guard put back, and its feedback."""
+    import json
+
+    sub, name = job.sub, job.sub.assignment
     course_id = api.coursedir.course_id
+    path = job.root / "result.json"
+    result = (json.loads(path.read_text("utf-8")) if path.is_file() else
+              {"success": False, "log": "", "error":
+               f"the grading process ended without a result (exit status {exitcode})"})
+    log_path = run.logs_dir / name / f"{sub.student}.log"
+    _save_log(log_path, result)
+    autograded = run.out / "autograded" / sub.student / name
+    if autograded.exists():
+        shutil.rmtree(autograded)
     if not result["success"]:
         _zero_failed(run.db_url, course_id, name, sub.student)
+        stale = run.out / "feedback" / sub.student / name
+        if stale.exists():
+            shutil.rmtree(stale)
         run.issues.append(Issue(name, sub.student, "autograde-failed",
-                                f"{dest}: autograding failed ({_failure_reason(result)}); "
-                                f"scored 0 pending a manual grade; log: "
-                                f"{run.logs_dir / name / sub.student}.log"))
-        run.echo(f"{who}: autograding FAILED")
+                                f"{run.submitted / sub.student / name}: autograding failed "
+                                f"({_failure_reason(result)}); scored 0 pending a manual "
+                                f"grade; log: {log_path}"))
+        run.echo(f"{job.who}: autograding FAILED")
         return
+    _merge_grades(run.db_url, job.db_url, course_id, name, sub.student, job.missing)
+    autograded.mkdir(parents=True)
+    produced = job.root / "autograded" / sub.student / name
+    for item in [*produced.glob("*.ipynb"), produced / "timestamp.txt"]:
+        if item.is_file() and not item.is_symlink():
+            shutil.copyfile(item, autograded / item.name)
     run.graded.append((name, sub.student))
-    _report_timeouts(run, sub, notebooks)
+    _report_timeouts(run, sub, job.notebooks)
+    if result.get("tampering"):
+        run.issues.append(Issue(name, sub.student, "tests-tampered",
+                                f"{autograded}: before its locked cells the grader had to put "
+                                f"back what earlier cells changed: "
+                                f"{'; '.join(result['tampering'])}"))
     if run.feedback:
-        result = api.generate_feedback(name, sub.student, force=True)
-        _save_log(run.logs_dir / name / f"{sub.student}.feedback.log", result)
-        if not result["success"]:
+        fb = api.generate_feedback(name, sub.student, force=True)
+        _save_log(run.logs_dir / name / f"{sub.student}.feedback.log", fb)
+        if not fb["success"]:
             run.issues.append(Issue(name, sub.student, "feedback-failed",
-                                    f"feedback for {who} failed ({_failure_reason(result)})"))
+                                    f"feedback for {job.who} failed ({_failure_reason(fb)})"))
     from nbgrader.api import Gradebook
 
     with Gradebook(run.db_url, course_id) as gb:
         s = gb.find_submission(name, sub.student)
-        run.echo(f"{who}: {_fmt(s.score)}/{_fmt(s.max_score)}")
+        run.echo(f"{job.who}: {_fmt(s.score)}/{_fmt(s.max_score)}")
+
+
+def _merge_grades(db_url: str, job_url: str, course_id: str, assignment: str, student: str,
+                  missing: dict) -> None:
+    """Copy one autograded submission from its own gradebook into the course's: automatic
+    scores, comments, timestamp and late penalty (manual grades already there are kept). A
+    locked cell the student deleted scores 0 and is marked for a manual grade, never keeps the
+    score of an earlier run."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(job_url, course_id) as src, Gradebook(db_url, course_id) as dst:
+        done = src.find_submission(assignment, student)
+        dst.update_or_create_student(student)
+        dst.update_or_create_submission(assignment, student, timestamp=done.timestamp)
+        for snb in done.notebooks:
+            dnb = dst.find_submission_notebook(snb.name, assignment, student)
+            dnb.late_submission_penalty = snb.late_submission_penalty
+            gone = set(missing.get(snb.name, ()))
+            for grade in snb.grades:
+                target = dst.find_grade(grade.name, snb.name, assignment, student)
+                if grade.name in gone:
+                    target.auto_score, target.needs_manual_grade = 0.0, True
+                else:
+                    target.auto_score = grade.auto_score
+                    target.needs_manual_grade = grade.needs_manual_grade
+            for comment in snb.comments:
+                dst.find_comment(comment.name, snb.name, assignment, student).auto_comment = (
+                    comment.auto_comment)
+        dst.db.commit()
 
 
 def _report_locked_cells(run: _Grading, sub: Submission, notebooks: dict, dest: Path,
                          checksums) -> None:
-    """Report the locked cells a submission edited (restored by autograde) or deleted."""
+    """Report the locked cells a submission edited (restored by autograde) or deleted; returns
+    the deleted ones per notebook."""
     release_sums, source_sums = checksums
+    deleted = {}
     for nb_name, nb in sorted(notebooks.items()):
         modified, missing = check_locked_cells(nb, release_sums[nb_name], source_sums[nb_name])
         if modified:
@@ -682,7 +1051,9 @@ def _report_locked_cells(run: _Grading, sub: Submission, notebooks: dict, dest: 
             run.issues.append(Issue(sub.assignment, sub.student, "locked-cell-missing",
                                     f"{dest / nb_name}.ipynb: locked cell(s) "
                                     f"{', '.join(missing)} deleted by the student; "
-                                    "their points need a manual grade"))
+                                    "scored 0 and marked for a manual grade"))
+            deleted[nb_name] = missing
+    return deleted
 
 
 def _report_timeouts(run: _Grading, sub: Submission, notebooks: dict) -> None:
@@ -708,8 +1079,8 @@ def _write_reports(run: _Grading, course_id: str, selected: list[str]) -> Report
     _write_csv(run.issues_path, ["assignment", "student", "issue", "detail"],
                [{"assignment": i.assignment, "student": i.student, "issue": i.kind,
                  "detail": i.detail} for i in issues])
-    return Report(run.out, run.db_url, run.csv_path, run.issues_path, selected, run.graded,
-                  issues, rows)
+    return Report(run.out, run.db_url, run.csv_path, run.issues_path, selected,
+                  sorted(run.graded), issues, rows, run.sandbox)
 
 
 def _save_log(path: Path, result: dict) -> None:
@@ -750,6 +1121,9 @@ def add_arguments(parser: argparse.ArgumentParser, path=("grade",)) -> None:
                         f"Execute.timeout in {CONFIG_FILE})")
     parser.add_argument("--csv", default=None, metavar="FILE",
                         help="where to write the grades (default: <out>/grades.csv)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="autograde N submissions at once, each in its own process and "
+                        "kernel, the CPU threads shared among them (default: 1)")
     parser.add_argument("--no-feedback", action="store_true",
                         help="skip generating the feedback HTML")
 
@@ -772,6 +1146,7 @@ def main(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             csv_path=args.csv,
             feedback=not args.no_feedback,
+            jobs=args.jobs,
         )
     except GradingError as exc:
         print(f"kdlib grade: {exc}", file=sys.stderr)
@@ -779,6 +1154,9 @@ def main(args: argparse.Namespace) -> int:
     for issue in report.issues:
         level = "error" if issue.bad else "warning"
         print(f"kdlib grade: {level}: {issue.detail}", file=sys.stderr)
+    if report.sandbox:
+        print(f"kdlib grade: warning: the students' code ran WITHOUT a sandbox "
+              f"({report.sandbox})", file=sys.stderr)
     n_bad = sum(issue.bad for issue in report.issues)
     print(f"graded {len(report.graded)} submission(s) of {', '.join(report.assignments) or '-'}; "
           f"{n_bad} problem(s) reported")
