@@ -17,13 +17,14 @@ script is the single-process one: the Distiller and ``train_supervised`` find th
 DistributedDataParallel, deal each epoch's batches out between the ranks (``--batch-size`` is
 per process: the global batch is N times it), average losses and metrics over the ranks, and
 print and checkpoint on rank 0. ``--checkpoint F --resume`` continues a run on any number of
-processes.
+processes (the trained teacher is kept beside ``F``, so the resumed run distils the same one).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import torch
 
@@ -82,14 +83,28 @@ def main(argv=None) -> dict:
     train = digits.train
 
     teacher = SmallCNN(in_channels=1, num_classes=10, width=32, depth=2)
-    train_supervised(
-        teacher,
-        train.loader(args.batch_size, shuffle=True, seed=args.seed),
-        epochs=args.teacher_epochs,
-        lr=args.lr,
-        device=device,
-        progress=False,
-    )
+    # the teacher is saved beside the checkpoint, so that a resumed run distils the same one;
+    # rank 0 reads it and sends it to the others (the file is on rank 0's machine)
+    teacher_file = Path(args.checkpoint).with_suffix(".teacher.pt") if args.checkpoint else None
+    state = None
+    if args.resume and kdist.is_main() and teacher_file.exists():
+        state = torch.load(teacher_file, map_location="cpu", weights_only=True)
+    state = kdist.broadcast_object(state)
+    if state is not None:
+        teacher.load_state_dict(state)
+        say(f"teacher: read from {teacher_file}")
+    else:
+        train_supervised(
+            teacher,
+            train.loader(args.batch_size, shuffle=True, seed=args.seed),
+            epochs=args.teacher_epochs,
+            lr=args.lr,
+            device=device,
+            progress=False,
+        )
+        if teacher_file is not None and kdist.is_main():
+            teacher_file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(teacher.state_dict(), teacher_file)
     student = MLP(64, (32,), 10)
     distiller = Distiller(
         student,
