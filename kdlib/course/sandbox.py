@@ -224,7 +224,10 @@ def __kdlib_make_guard(wanted):
         return (getattr(v, "__code__", None), getattr(v, "__defaults__", None),
                 getattr(v, "__kwdefaults__", None)) if isinstance(v, types.FunctionType) else None
     modules = {m: sys.modules[m] for m in watched}
-    snap = {m: {k: (v, code_of(v)) for k, v in list(vars(mod).items()) if interesting(v)}
+    # names IPython and ipykernel themselves swap in builtins around every execution
+    swapped = {"input", "raw_input", "get_ipython", "exit", "quit", "display", "help"}
+    snap = {m: {k: (v, code_of(v)) for k, v in list(vars(mod).items())
+                if interesting(v) and not (m == "builtins" and k in swapped)}
             for m, mod in modules.items()}
     classes = []
     for mod, cls in (("torch", "Tensor"), ("torch.nn", "Module"), ("builtins", "object")):
@@ -238,8 +241,7 @@ def __kdlib_make_guard(wanted):
              "line": list(itm.line_transforms), "token": list(itm.token_transformers),
              "post": list(ip.input_transformers_post), "ast": list(ip.ast_transformers),
              "events": {k: list(v) for k, v in ip.events.callbacks.items()},
-             "custom": (ip.custom_exceptions, ip.CustomTB),
-             "std": (sys.stdout, sys.stderr, sys.displayhook, sys.excepthook)}
+             "custom": (ip.custom_exceptions, ip.CustomTB)}
     locked = {}
     before = {}
 
@@ -275,14 +277,15 @@ def __kdlib_make_guard(wanted):
                     except (TypeError, AttributeError):
                         pass
         d = vars(ip)
-        for k in list(d):
-            if k not in shell_dict and callable(d[k]):
-                del d[k]
-                done.append("shell.%s" % k)
-        for k, v in shell_dict.items():
-            if (callable(v) or isinstance(v, types.MethodType)) and d.get(k, restore) is not v:
-                d[k] = v
-                done.append("shell.%s" % k)
+        for k in list(d):  # instance attributes hiding the shell's methods
+            if k != "CustomTB" and callable(getattr(type(ip), k, None)) and callable(d[k]):
+                if k in shell_dict:
+                    if d[k] is not shell_dict[k]:
+                        d[k] = shell_dict[k]
+                        done.append("shell.%s" % k)
+                else:
+                    del d[k]
+                    done.append("shell.%s" % k)
         if ip.input_transformer_manager is not state["itm"]:
             ip.input_transformer_manager = state["itm"]
             done.append("input_transformer_manager")
@@ -304,9 +307,6 @@ def __kdlib_make_guard(wanted):
         if (ip.custom_exceptions, ip.CustomTB) != state["custom"]:
             ip.custom_exceptions, ip.CustomTB = state["custom"]
             done.append("custom exception handler")
-        if (sys.stdout, sys.stderr, sys.displayhook, sys.excepthook) != state["std"]:
-            sys.stdout, sys.stderr, sys.displayhook, sys.excepthook = state["std"]
-            done.append("sys.stdout/stderr/displayhook/excepthook")
         if sys.gettrace() is not None or sys.getprofile() is not None:
             sys.settrace(None)
             sys.setprofile(None)
@@ -442,6 +442,13 @@ class GuardedExecute(_Execute):
             hidden = HIDDEN_BEGIN if HIDDEN_BEGIN in cell.source else ""
             await self._guard_call(f"{self._guard}.record({hidden!r})")
         return cell
+
+    # nbclient binds its synchronous entry points to its own coroutines: bind them to ours
+    if _Execute is not object:
+        from nbclient.util import run_sync
+
+        start_new_kernel_client = run_sync(async_start_new_kernel_client)
+        execute_cell = run_sync(async_execute_cell)
 
 
 # --------------------------------------------------------------------------- static scan
@@ -604,8 +611,13 @@ def hide_hidden_tests(source: str) -> tuple[str, list[str]]:
     return "\n".join(out), hidden
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _scrub(value, hidden: list[str]):
     if isinstance(value, str):
+        if "\x1b" in value and any(line in _ANSI.sub("", value) for line in hidden):
+            value = _ANSI.sub("", value)  # colours would split the quoted line
         for line in hidden:
             if line in value:
                 value = value.replace(line, "[hidden test]")
@@ -619,13 +631,16 @@ def _scrub(value, hidden: list[str]):
 
 try:
     from nbconvert.preprocessors import Preprocessor as _Preprocessor
+    from traitlets import Bool
 except ImportError:  # pragma: no cover
-    _Preprocessor = object
+    _Preprocessor, Bool = object, lambda value: value
 
 
 class FeedbackSafety(_Preprocessor):
     """Feedback preprocessor: hidden tests out (source and any output quoting them), markdown
     cleaned (see :func:`clean_markdown`)."""
+
+    enabled = Bool(True)
 
     def preprocess(self, nb, resources):
         hidden = []
