@@ -19,6 +19,10 @@ c.CourseDirectory.submitted_directory = os.path.join("grading", "submitted")
 c.CourseDirectory.autograded_directory = os.path.join("grading", "autograded")
 c.CourseDirectory.feedback_directory = os.path.join("grading", "feedback")
 c.CourseDirectory.db_url = "sqlite:///" + os.path.join(_root, "grading", "gradebook.db")
+# nbgrader's exchange, through which JupyterLab's Assignment List fetches and submits and
+# Formgrader releases and collects: a folder of the (ignored) grading area, unless KDLIB_EXCHANGE
+# names a shared one (on a JupyterHub, e.g. /srv/nbgrader/exchange, the same for students)
+c.Exchange.root = os.environ.get("KDLIB_EXCHANGE", os.path.join(_root, "grading", "exchange"))
 # sqlite cannot create the folder of its database file: make sure it exists (ignored by git)
 try:
     os.makedirs(os.path.join(_root, "grading"), exist_ok=True)

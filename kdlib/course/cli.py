@@ -81,6 +81,15 @@ COMMANDS = {
 }
 
 
+# a subcommand whose module is absent is left out (the student edition ships no grader, runner
+# or release tool)
+COMMANDS = {
+    path: entry
+    for path, entry in COMMANDS.items()
+    if not isinstance(entry[0], str) or importlib.util.find_spec(entry[0]) is not None
+}
+
+
 def missing_course_packages() -> list[str]:
     """The packages of the ``course`` extra that are not installed here."""
     return [name for name in COURSE_PACKAGES if importlib.util.find_spec(name) is None]

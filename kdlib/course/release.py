@@ -6,6 +6,8 @@
                                        output of the cells marked ``# NBVAL_CHECK_OUTPUT``
     kdlib release --check              change nothing; exit 1 if notebooks/ or solutions/
                                        differ from what this command would write
+    kdlib release --student-edition DIR
+                                       also write the students' repository to DIR (below)
 
 What it does, per assignment:
 
@@ -18,6 +20,13 @@ What it does, per assignment:
    (the course's own gradebook is not touched): solution regions become
    ``raise NotImplementedError()``, hidden tests are removed, outputs are cleared, locked cells
    get their checksums. The result replaces ``notebooks/<a>/``.
+
+``--student-edition DIR`` then writes, from the release, a repository for the students
+(:func:`student_edition`): the student notebooks, the library, ``data/``, the environment files,
+a README written for them and the tests that need no solution; never ``solutions/``, hidden
+tests, the gradebook or the instructors' tools. ``DIR/.git`` is kept, everything else in DIR is
+replaced, so the same folder can be committed and pushed after every release; running it again
+writes the same tree.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import argparse
 import copy
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -42,6 +52,7 @@ __all__ = [
     "generate_releases",
     "release",
     "check",
+    "student_edition",
 ]
 
 
@@ -266,6 +277,13 @@ def add_arguments(parser: argparse.ArgumentParser, path=("release",)) -> None:
         "--check", action="store_true", help="write nothing; exit 1 if anything would change"
     )
     parser.add_argument("--course-dir", default=None, help="course root (default: this repo)")
+    parser.add_argument(
+        "--student-edition",
+        metavar="DIR",
+        default=None,
+        help="then write the students' repository (release notebooks, kdlib, data, tests that "
+        "need no solution, a README for students; no solutions) to DIR, keeping DIR/.git",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -285,4 +303,172 @@ def main(args: argparse.Namespace) -> int:
         return 1 if changed else 0
     for path in changed:
         print(f"updated {path}")
+    if args.student_edition:
+        try:
+            files = student_edition(args.student_edition, course_dir=args.course_dir)
+        except (ValueError, RuntimeError) as err:
+            print(f"kdlib release: {err}", file=sys.stderr)
+            return 2
+        print(f"student edition: {len(files)} files in {args.student_edition}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The student edition: the repository the class clones
+
+
+# the only files of kdlib/course students get (the notebooks save their figures through
+# results.py; cli.py is the `kdlib` command, whose instructor subcommands are then absent): the
+# rest runs solutions/, grades or releases
+STUDENT_COURSE_FILES = ("__init__.py", "cli.py", "results.py")
+# a test file ships only if it needs none of these (solutions, the grader, the course run, the
+# instructors' repository files) and does not use the `course` fixture (the solutions, run)
+_INSTRUCTOR_TEST = re.compile(
+    r"solutions|exercise_answers|kdlib\.course|benchmarks|nbgrader|notebooks|README|"
+    r"CONTRIBUTING|pyproject|environment\.yml|\.ci\b|def test_\w+\([^)]*\bcourse\b"
+)
+_SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".ruff_cache"}
+LEAK_MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+
+
+def _files(folder: Path):
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and not (_SKIP_PARTS & set(rel.parts)) and path.suffix != ".pyc" \
+                and not any(p.endswith(".egg-info") for p in rel.parts):
+            yield path
+
+
+def student_tests(root: Path) -> list[str]:
+    """The test files of ``tests/`` that run without solutions/ or the instructors' tools."""
+    tests = root / "tests"
+    if not tests.is_dir():
+        return []
+    keep = [p.name for p in sorted(tests.glob("test_*.py"))
+            if not _INSTRUCTOR_TEST.search(p.read_text())]
+    return (["conftest.py"] if (tests / "conftest.py").exists() else []) + keep
+
+
+def _student_readme(root: Path, names: list[str]) -> str:
+    template = (Path(__file__).parent / "student_readme.md").read_text()
+    # the table of notebooks, as the instructors' README has it (links into notebooks/)
+    table = []
+    readme = root / "README.md"
+    if readme.exists():
+        lines = readme.read_text().splitlines()
+        start = next((i for i, line in enumerate(lines) if line.startswith("| # | Notebook")), None)
+        if start is not None:
+            for line in lines[start:]:
+                if not line.startswith("|"):
+                    break
+                number = line.split("|")[1].strip()
+                if line is lines[start] or set(number) <= set("-: ") or any(
+                    n.startswith(number) for n in names
+                ):
+                    table.append(line)
+    if not table:
+        table = ["| Notebook |", "|---|"] + [
+            f"| [{n}](notebooks/{n}/{n}.ipynb) |" for n in names
+        ]
+    first = names[0] if names else "01_intuition"
+    return template.replace("{table}", "\n".join(table)).replace("{first}", first)
+
+
+_STUDENT_CONFIG = '''"""nbgrader settings for students (the course's Assignment List in JupyterLab).
+
+The exchange is the folder through which assignments are released and submitted: the one your
+instructor gives you (set KDLIB_EXCHANGE to it), else nbgrader's default, /srv/nbgrader/exchange.
+"""
+
+import os
+
+c = get_config()  # noqa: F821  (nbgrader injects get_config)
+
+c.CourseDirectory.course_id = "{course_id}"
+c.Exchange.root = os.environ.get("KDLIB_EXCHANGE", "/srv/nbgrader/exchange")
+'''
+
+_STUDENT_GITIGNORE = """__pycache__/
+*.egg-info/
+.venv/
+build/
+.ipynb_checkpoints/
+.pytest_cache/
+# datasets are downloaded by you, never committed
+data/*
+!data/README.md
+!data/full_mode/
+"""
+
+
+def student_edition_files(course_dir: str | Path | None = None) -> dict[str, bytes]:
+    """``{relative path: content}`` of the student repository (from the committed release)."""
+    root = _root(course_dir)
+    names = sorted(p.name for p in (root / "notebooks").iterdir()
+                   if p.is_dir() and any(p.glob("*.ipynb"))) \
+        if (root / "notebooks").is_dir() else []
+    out: dict[str, bytes] = {}
+    for name in names:
+        for path in _files(root / "notebooks" / name):
+            out[path.relative_to(root).as_posix()] = path.read_bytes()
+    for path in _files(root / "kdlib"):
+        rel = path.relative_to(root)
+        if rel.parts[1:2] == ("course",) and rel.as_posix() not in {
+            f"kdlib/course/{name}" for name in STUDENT_COURSE_FILES
+        }:
+            continue
+        out[rel.as_posix()] = path.read_bytes()
+    data = root / "data"
+    for path in [data / "README.md", *(_files(data / "full_mode") if (data / "full_mode").is_dir()
+                                       else [])]:
+        if path.is_file():
+            out[path.relative_to(root).as_posix()] = path.read_bytes()
+    for name in student_tests(root):
+        out[f"tests/{name}"] = (root / "tests" / name).read_bytes()
+    for name in ("conftest.py", "environment.yml", "LICENSE"):
+        if (root / name).is_file():
+            out[name] = (root / name).read_bytes()
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        text = pyproject.read_text().replace('testpaths = ["tests", "solutions"]',
+                                             'testpaths = ["tests"]')
+        text = text.replace("--nbval-lax ", "").replace(', "solutions"', "")
+        # comments about the instructors' folders go (the student edition has none of them)
+        text = "".join(line for line in text.splitlines(keepends=True)
+                       if not (line.lstrip().startswith("#") and ("solutions" in line or "NBVAL" in line)))
+        out["pyproject.toml"] = text.encode()
+    from kdlib.course.grade import load_course_config
+
+    course_id = load_course_config(root).CourseDirectory.get("course_id", "kd-course")
+    out["nbgrader_config.py"] = _STUDENT_CONFIG.replace("{course_id}", str(course_id)).encode()
+    out["README.md"] = _student_readme(root, names).encode()
+    out[".gitignore"] = _STUDENT_GITIGNORE.encode()
+    for rel, content in out.items():
+        if rel.endswith((".py", ".ipynb", ".md", ".toml", ".yml")):
+            text = content.decode("utf-8", errors="replace")
+            leaked = [m for m in LEAK_MARKERS if m in text]
+            if leaked:
+                raise RuntimeError(f"student edition: {rel} contains {leaked}; not written")
+    return out
+
+
+def student_edition(dest: str | Path, course_dir: str | Path | None = None) -> list[str]:
+    """Write the student repository to ``dest`` (keeping ``dest/.git``); returns its files.
+
+    Everything else in ``dest`` is replaced, so the result depends only on the course: running
+    it again gives the same tree.
+    """
+    dest = Path(dest).resolve()
+    root = _root(course_dir)
+    if dest == root or root in dest.parents:
+        raise ValueError(f"DIR must be outside the course repository, got {dest}")
+    files = student_edition_files(root)
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in dest.iterdir():
+        if entry.name == ".git":
+            continue
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for rel, content in sorted(files.items()):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(content)
+    return sorted(files)
