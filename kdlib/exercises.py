@@ -105,7 +105,9 @@ def _suspended() -> Iterator[None]:
 def _resolve(name: str):
     """The object a dotted name such as ``"kdlib.losses.kd_loss"`` refers to."""
     if not isinstance(name, str) or not name.startswith("kdlib.") or name.count(".") < 2:
-        raise ValueError(f"name must be a dotted kdlib name like 'kdlib.losses.kd_loss', got {name!r}")
+        raise ValueError(
+            f"name must be a dotted kdlib name like 'kdlib.losses.kd_loss', got {name!r}"
+        )
     parts = name.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         try:

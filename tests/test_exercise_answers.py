@@ -111,7 +111,8 @@ def test_answers_are_told_apart(runs, name):
                     problems.append(f"{what}: test cells write to stderr: {noisy}")
             if v["kind"] == "kdlib":
                 if set(failed) != set(results):
-                    problems.append(f"{what}: passes {set(results) - set(failed)} (kdlib not blocked)")
+                    passing = set(results) - set(failed)
+                    problems.append(f"{what}: passes {passing} (kdlib not blocked)")
                 if not all(results[g].startswith("BlockedError") for g in failed):
                     problems.append(f"{what}: fails for another reason: {results}")
                 if _failed(v["unblocked"] or {"?": "no result"}):

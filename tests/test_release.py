@@ -124,7 +124,6 @@ def test_student_edition_installs_and_runs_up_to_the_first_exercise(tmp_path):
     offers no instructor subcommand, and a notebook runs up to its first exercise."""
     import os
     import subprocess
-    import sys
     import sysconfig
     import venv
 
@@ -135,8 +134,9 @@ def test_student_edition_installs_and_runs_up_to_the_first_exercise(tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = subprocess.run([python, "-c", purelib], capture_output=True, text=True,
+                          check=True).stdout.strip()
     # this environment's packages (torch, nbclient, pip, ...) without its editable kdlib, whose
     # finder lives in a .pth file that a path added this way does not run
     Path(site, "reuse.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")

@@ -434,8 +434,10 @@ def student_edition_files(course_dir: str | Path | None = None) -> dict[str, byt
                                              'testpaths = ["tests"]')
         text = text.replace("--nbval-lax ", "").replace(', "solutions"', "")
         # comments about the instructors' folders go (the student edition has none of them)
-        text = "".join(line for line in text.splitlines(keepends=True)
-                       if not (line.lstrip().startswith("#") and ("solutions" in line or "NBVAL" in line)))
+        text = "".join(
+            line for line in text.splitlines(keepends=True)
+            if not (line.lstrip().startswith("#") and ("solutions" in line or "NBVAL" in line))
+        )
         out["pyproject.toml"] = text.encode()
     from kdlib.course.grade import load_course_config
 
