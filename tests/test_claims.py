@@ -146,6 +146,14 @@ def test_claims_07(course):
     # the difference itself"
     spread = max(f["half_width_alone_std"], f["half_width_taught_std"])
     assert spread >= abs(f["half_width_gain"])
+    # "... and in the full-mode run too": the stored full-mode record the notebook prints
+    from kdlib.course.results import load_full_mode
+
+    full = load_full_mode("07_self_and_online")
+    if full is not None:
+        g = full["figures"]
+        spread = max(g["half_width_alone_std"], g["half_width_taught_std"])
+        assert spread >= abs(g["half_width_taught_accuracy"] - g["half_width_alone_accuracy"])
     assert len(f["half_width_gain_per_seed"]) == f["n_seeds"]
 
 
