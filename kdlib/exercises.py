@@ -265,7 +265,8 @@ def _kdlib_modules() -> list[types.ModuleType]:
     return [
         m
         for name, m in list(sys.modules.items())
-        if isinstance(m, types.ModuleType) and (name == "kdlib" or name.startswith("kdlib."))
+        if isinstance(m, types.ModuleType)
+        and (name == "kdlib" or name.startswith("kdlib."))
         and name != __name__
     ]
 

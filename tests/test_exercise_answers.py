@@ -66,14 +66,19 @@ def test_every_exercise_has_an_answer_set(path):
 def runs(tmp_path_factory):
     """{notebook: report} for every notebook with an answer set folder, two processes at once."""
     out = tmp_path_factory.mktemp("answers")
-    env = dict(os.environ, KDLIB_FAST="1", MPLBACKEND="agg", OMP_NUM_THREADS="1",
-               KDLIB_PROGRESS="0")
+    env = dict(
+        os.environ, KDLIB_FAST="1", MPLBACKEND="agg", OMP_NUM_THREADS="1", KDLIB_PROGRESS="0"
+    )
 
     def one(path: Path):
         target = out / f"{path.stem}.json"
         proc = subprocess.run(
             [sys.executable, str(ANSWERS / "_runner.py"), str(path), str(target)],
-            cwd=out, env=env, capture_output=True, text=True, timeout=900,
+            cwd=out,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         if proc.returncode != 0:
             return path.stem, {"error": proc.stdout[-3000:] + proc.stderr[-3000:]}

@@ -30,9 +30,9 @@ def test_every_route_to_a_blocked_function_raises_and_names_it():
         lambda: namespace["q"](S, T, Y),
         lambda: kdlib.losses.kd_loss(S, T, Y),
         lambda: kdlib.distill.kd_loss(S, T, Y),  # the same function, imported into kdlib.distill
-        lambda: default_argument(S, T, Y),       # invisible to a scan of names: code swapped
+        lambda: default_argument(S, T, Y),  # invisible to a scan of names: code swapped
         lambda: bound["f"](S, T, Y),
-        lambda: partial(S, T, Y),                # the original partial object
+        lambda: partial(S, T, Y),  # the original partial object
     ]
     with pytest.raises(BlockedError):  # the answer caught the errors and went on: still caught
         with blocked("kdlib.losses.kd_loss", namespace=namespace):
@@ -57,8 +57,9 @@ def test_everything_is_restored_even_after_an_error():
 
 def test_the_test_reaches_the_originals():
     want = kd_loss(S, T, Y, temperature=2.0)
-    with blocked("kdlib.losses.kd_loss", "kdlib.losses.soft_loss", "kdlib.distill.Distiller",
-                 namespace={}) as ref:
+    with blocked(
+        "kdlib.losses.kd_loss", "kdlib.losses.soft_loss", "kdlib.distill.Distiller", namespace={}
+    ) as ref:
         # kd_loss calls soft_loss, which is blocked too: the reference still works
         assert torch.equal(ref.kd_loss(S, T, Y, temperature=2.0), want)
         assert torch.equal(ref["kdlib.losses.kd_loss"](S, T, Y, temperature=2.0), want)

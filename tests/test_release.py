@@ -66,8 +66,11 @@ def test_release_generates_checks_and_is_idempotent(tmp_path):
 
 
 def _tree(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file() and ".git" not in p.parts}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".git" not in p.parts
+    }
 
 
 def test_student_edition_of_the_course_leaks_nothing():
@@ -75,21 +78,36 @@ def test_student_edition_of_the_course_leaks_nothing():
 
     files = student_edition_files(ROOT)
     tops = {rel.split("/")[0] for rel in files}
-    assert {"notebooks", "kdlib", "data", "tests", "README.md", "environment.yml",
-            "pyproject.toml", "nbgrader_config.py", ".gitignore"} <= tops
+    assert {
+        "notebooks",
+        "kdlib",
+        "data",
+        "tests",
+        "README.md",
+        "environment.yml",
+        "pyproject.toml",
+        "nbgrader_config.py",
+        ".gitignore",
+    } <= tops
     assert not tops & {"solutions", "grading", "benchmarks", "CONTRIBUTING.md", ".ci"}, tops
     for rel, content in files.items():
         text = content.decode("utf-8", errors="replace")
         assert not [m for m in LEAK_MARKERS if m in text], rel
         assert "exercise_answers" not in rel and "gradebook" not in rel, rel
     # the notebooks are exactly the release in notebooks/ (whose leaks test_notebooks checks)
-    released = {p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").rglob("*.ipynb")
-                if ".ipynb_checkpoints" not in p.parts}
+    released = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "notebooks").rglob("*.ipynb")
+        if ".ipynb_checkpoints" not in p.parts
+    }
     assert {rel for rel in files if rel.startswith("notebooks/")} == released
     for rel in released:
         assert files[rel] == (ROOT / rel).read_bytes()
     assert sorted(rel for rel in files if rel.startswith("kdlib/course/")) == [
-        "kdlib/course/__init__.py", "kdlib/course/cli.py", "kdlib/course/results.py"]
+        "kdlib/course/__init__.py",
+        "kdlib/course/cli.py",
+        "kdlib/course/results.py",
+    ]
     readme = files["README.md"].decode()
     assert "For instructors" not in readme and "kdlib grade" not in readme
     assert "solutions/" not in readme
@@ -135,8 +153,9 @@ def test_student_edition_installs_and_runs_up_to_the_first_exercise(tmp_path):
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    site = subprocess.run([python, "-c", purelib], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", purelib], capture_output=True, text=True, check=True
+    ).stdout.strip()
     # this environment's packages (torch, nbclient, pip, ...) without its editable kdlib, whose
     # finder lives in a .pth file that a path added this way does not run
     Path(site, "reuse.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -144,13 +163,23 @@ def test_student_edition_installs_and_runs_up_to_the_first_exercise(tmp_path):
     env.update(KDLIB_FAST="1", MPLBACKEND="agg", OMP_NUM_THREADS="1", KDLIB_PROGRESS="0")
 
     def run(*args, cwd=tmp_path):
-        proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(
+            [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         return proc.stdout
 
-    run(python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-        "-q", edition)
+    run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-q",
+        edition,
+    )
     where = run(python, "-c", "import kdlib, kdlib.exercises; print(kdlib.__file__)")
     assert where.strip().startswith(str(env_dir)), where
     helptext = run(python, "-m", "kdlib", "--help")
@@ -159,7 +188,7 @@ def test_student_edition_installs_and_runs_up_to_the_first_exercise(tmp_path):
 import nbformat, sys
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
-nb = nbformat.read({str(edition / 'notebooks/02_formal_loss/02_formal_loss.ipynb')!r}, 4)
+nb = nbformat.read({str(edition / "notebooks/02_formal_loss/02_formal_loss.ipynb")!r}, 4)
 first = next(i for i, c in enumerate(nb.cells)
              if c.cell_type == 'code' and 'raise NotImplementedError()' in c.source)
 nb.cells = nb.cells[:first + 2]  # the answer cell defines a function; its test calls it
@@ -194,8 +223,14 @@ def test_nbgrader_exchange_release_list_fetch_submit_collect(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "KDLIB_EXCHANGE"}
 
     def nbgrader(*args, cwd, extra=None):
-        proc = subprocess.run(["nbgrader", *args], cwd=cwd, env={**env, **(extra or {})},
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            ["nbgrader", *args],
+            cwd=cwd,
+            env={**env, **(extra or {})},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout + proc.stderr
 

@@ -334,8 +334,12 @@ LEAK_MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HID
 def _files(folder: Path):
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
-        if path.is_file() and not (_SKIP_PARTS & set(rel.parts)) and path.suffix != ".pyc" \
-                and not any(p.endswith(".egg-info") for p in rel.parts):
+        if (
+            path.is_file()
+            and not (_SKIP_PARTS & set(rel.parts))
+            and path.suffix != ".pyc"
+            and not any(p.endswith(".egg-info") for p in rel.parts)
+        ):
             yield path
 
 
@@ -344,8 +348,11 @@ def student_tests(root: Path) -> list[str]:
     tests = root / "tests"
     if not tests.is_dir():
         return []
-    keep = [p.name for p in sorted(tests.glob("test_*.py"))
-            if not _INSTRUCTOR_TEST.search(p.read_text())]
+    keep = [
+        p.name
+        for p in sorted(tests.glob("test_*.py"))
+        if not _INSTRUCTOR_TEST.search(p.read_text())
+    ]
     return (["conftest.py"] if (tests / "conftest.py").exists() else []) + keep
 
 
@@ -362,14 +369,14 @@ def _student_readme(root: Path, names: list[str]) -> str:
                 if not line.startswith("|"):
                     break
                 number = line.split("|")[1].strip()
-                if line is lines[start] or set(number) <= set("-: ") or any(
-                    n.startswith(number) for n in names
+                if (
+                    line is lines[start]
+                    or set(number) <= set("-: ")
+                    or any(n.startswith(number) for n in names)
                 ):
                     table.append(line)
     if not table:
-        table = ["| Notebook |", "|---|"] + [
-            f"| [{n}](notebooks/{n}/{n}.ipynb) |" for n in names
-        ]
+        table = ["| Notebook |", "|---|"] + [f"| [{n}](notebooks/{n}/{n}.ipynb) |" for n in names]
     first = names[0] if names else "01_intuition"
     return template.replace("{table}", "\n".join(table)).replace("{first}", first)
 
@@ -404,9 +411,13 @@ data/*
 def student_edition_files(course_dir: str | Path | None = None) -> dict[str, bytes]:
     """``{relative path: content}`` of the student repository (from the committed release)."""
     root = _root(course_dir)
-    names = sorted(p.name for p in (root / "notebooks").iterdir()
-                   if p.is_dir() and any(p.glob("*.ipynb"))) \
-        if (root / "notebooks").is_dir() else []
+    names = (
+        sorted(
+            p.name for p in (root / "notebooks").iterdir() if p.is_dir() and any(p.glob("*.ipynb"))
+        )
+        if (root / "notebooks").is_dir()
+        else []
+    )
     out: dict[str, bytes] = {}
     for name in names:
         for path in _files(root / "notebooks" / name):
@@ -419,8 +430,10 @@ def student_edition_files(course_dir: str | Path | None = None) -> dict[str, byt
             continue
         out[rel.as_posix()] = path.read_bytes()
     data = root / "data"
-    for path in [data / "README.md", *(_files(data / "full_mode") if (data / "full_mode").is_dir()
-                                       else [])]:
+    for path in [
+        data / "README.md",
+        *(_files(data / "full_mode") if (data / "full_mode").is_dir() else []),
+    ]:
         if path.is_file():
             out[path.relative_to(root).as_posix()] = path.read_bytes()
     for name in student_tests(root):
@@ -430,12 +443,14 @@ def student_edition_files(course_dir: str | Path | None = None) -> dict[str, byt
             out[name] = (root / name).read_bytes()
     pyproject = root / "pyproject.toml"
     if pyproject.is_file():
-        text = pyproject.read_text().replace('testpaths = ["tests", "solutions"]',
-                                             'testpaths = ["tests"]')
+        text = pyproject.read_text().replace(
+            'testpaths = ["tests", "solutions"]', 'testpaths = ["tests"]'
+        )
         text = text.replace("--nbval-lax ", "").replace(', "solutions"', "")
         # comments about the instructors' folders go (the student edition has none of them)
         text = "".join(
-            line for line in text.splitlines(keepends=True)
+            line
+            for line in text.splitlines(keepends=True)
             if not (line.lstrip().startswith("#") and ("solutions" in line or "NBVAL" in line))
         )
         out["pyproject.toml"] = text.encode()

@@ -76,8 +76,9 @@ def _run(source: str, ns: dict, name: str) -> tuple[str | None, str]:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             tb = traceback.extract_tb(exc.__traceback__)
-            where = next((f"{f.filename}:{f.lineno}" for f in reversed(tb)
-                          if f.filename.startswith("<")), "")
+            where = next(
+                (f"{f.filename}:{f.lineno}" for f in reversed(tb) if f.filename.startswith("<")), ""
+            )
             return f"{type(exc).__name__}: {exc} ({where})", err.getvalue()
     return None, err.getvalue()
 
@@ -137,8 +138,11 @@ def run_notebook(path: Path, answers_dir: Path) -> dict:
                 variants += parse_answers(file.read_text())
             rows = []
             for kind, label, source in variants:
-                row = {"kind": kind, "label": label,
-                       **_try(source, label, exercise["tests"], nb, ns, snapshot)}
+                row = {
+                    "kind": kind,
+                    "label": label,
+                    **_try(source, label, exercise["tests"], nb, ns, snapshot),
+                }
                 if kind == "kdlib" and "results" in row:
                     with _blocking_off():
                         row["unblocked"] = _try(
