@@ -524,8 +524,8 @@ class SequenceDistiller(Distiller):
         )
         if on_policy:
             x, mask = self._on_policy_batch(x)
-        with self._autocast():
-            student_logits = self.student(x)
+        with self._autocast():  # through DDP's wrapper under torchrun: gradients stay in sync
+            student_logits = self._train_student(x)
         student_logits = student_logits.float()
         parts = {}
         if not self.teachers:
