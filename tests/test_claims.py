@@ -178,12 +178,12 @@ def test_claims_08(course):
 def test_claims_09(course):
     f = figures(course, "09_why_it_pays")
     # section 3: parameters and operations shrink with the square of the width, activations
-    # only linearly; the throughput ratio stays below the operation ratio
+    # only linearly. (The timings are not asserted: the text reads them against the operation
+    # count and says what a throughput ratio above it means; a test must not depend on load.)
     width_ratio = 32 / f.get("student_width", 8)
     assert f["parameter_ratio"] > width_ratio > 0.5 * f["activation_ratio"]
     assert 0.5 * width_ratio**2 < f["flops_ratio"] < 1.5 * width_ratio**2
     assert f["parameter_ratio"] > f["activation_ratio"]
-    assert f["throughput_ratio"] < f["flops_ratio"]
     # section 4: "the student's accuracy rises with the teacher's"; a student "can end above a
     # weak teacher" (the first snapshot)
     stops = sorted(
