@@ -37,9 +37,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -294,7 +292,9 @@ def graded(course, tmp_path_factory):
 
     again = base / "again"  # six of them again, one at a time, into the same gradebook
     for student in RERUN:
-        shutil.copytree(subs / student, again / student)
+        for folder in (subs / student).iterdir():
+            if folder.is_dir():
+                shutil.copytree(folder, again / student / folder.name)
     second = kdlib_grade(A1, A3, "--submissions", again, "--out", out, "--timeout", TIMEOUT,
                          "--jobs", 1, cwd=course, in_process=True)
     csv_second = (out / "grades.csv").read_bytes()
@@ -305,7 +305,7 @@ def graded(course, tmp_path_factory):
                 if c.metadata.get("nbgrader", {}).get("grade_id") != "test_square"]
     (resub / "rex" / A1).mkdir(parents=True)
     nbformat.write(nb, resub / "rex" / A1 / f"{A1}.ipynb")
-    third = kdlib_grade(A1, "--submissions", resub, "--out", out, "--timeout", TIMEOUT,
+    third = kdlib_grade(A1, A3, "--submissions", resub, "--out", out, "--timeout", TIMEOUT,
                         "--no-feedback", cwd=course, in_process=True)
     return {
         "course": course, "subs": subs, "out": out, "first": first, "second": second,
@@ -449,5 +449,3 @@ def test_no_sandbox_is_said_on_every_run(course, tmp_path, monkeypatch):
                      str(course), "--out", str(tmp_path / "o")]) in (0, 1)
     finally:
         sandbox.bwrap_status.cache_clear()
-    assert sys.platform != "linux" or shutil.which("bwrap") is None or sandbox.bwrap_status()[0]
-    assert os.environ.get(sandbox.OFF_SWITCH) == "off"
