@@ -323,12 +323,14 @@ def broadcast_object(obj, src: int = 0, device: torch.device | None = None):
     return box[0]
 
 
-def broadcast_module(module: nn.Module, src: int = 0) -> None:
-    """Copy rank ``src``'s parameters and buffers of ``module`` to every rank, in place."""
+def broadcast_module(module: nn.Module, src: int = 0, buffers_only: bool = False) -> None:
+    """Copy rank ``src``'s parameters and buffers (only the buffers with ``buffers_only``:
+    BatchNorm statistics) of ``module`` to every rank, in place."""
     if world_size() == 1:
         return
+    tensors = list(module.buffers()) if buffers_only else [*module.parameters(), *module.buffers()]
     with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
+        for t in tensors:
             if t.is_floating_point() or t.dtype in (torch.int64, torch.int32, torch.bool):
                 buf = t.detach().to(collective_device(), copy=True)
                 if buf.dtype == torch.bool:
