@@ -5,9 +5,9 @@ The classic knowledge-distillation loss (Hinton, Vinyals & Dean, 2015) is
     L = alpha * CE(y, S) + (1 - alpha) * tau^2 * KL(p_T || p_S),
     p_T = softmax(z_T / tau),   p_S = softmax(z_S / tau),
 
-where ``z_S, z_T`` are the student's and teacher's logits, shape ``(N, C)``. As in the course (and in
-the PyTorch example most tutorials show), **alpha weights the hard (cross-entropy) term** and ``1 - alpha`` the soft one;
-some libraries use the opposite convention.
+where ``z_S, z_T`` are the student's and teacher's logits, shape ``(N, C)``. As in the course
+(and in the PyTorch example most tutorials show), **alpha weights the hard (cross-entropy)
+term** and ``1 - alpha`` the soft one; some libraries use the opposite convention.
 
 Conventions that every function here keeps:
 

@@ -69,9 +69,10 @@ def test_tiny_run_reports_every_figure(tiny_run):
 
 def test_plain_loop_and_distiller_do_the_same_work(tiny_run):
     """Same initial weights, batches, loss and optimiser: the same student function, to float
-    rounding (the tutorial example's loss takes softmax targets, kd_loss log-softmax ones; kdlib's Adam is
-    the fused kernel; the cache returns the teacher's logits unchanged). Rounding gives 1e-5 at
-    most at this size; distilling at tau = 2 instead of 4 gives 5e-3 and more."""
+    rounding (the tutorial example's loss takes softmax targets, kd_loss log-softmax ones;
+    kdlib's Adam is the fused kernel; the cache returns the teacher's logits unchanged).
+    Rounding gives 1e-5 at most at this size; distilling at tau = 2 instead of 4 gives 5e-3
+    and more."""
     results, _ = tiny_run
     for workload in results["workloads"].values():
         diffs = workload["same_work"]

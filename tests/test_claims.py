@@ -67,7 +67,9 @@ def test_claims_03(course):
     # why KD works: "With 100 labels ... the KD student is well above the label-smoothing one,
     # which stays within a few points of the labels-only baseline"
     assert f["few_labels_KD_accuracy"] > f["few_labels_label_smoothing_accuracy"] + 0.02
-    assert abs(f["few_labels_label_smoothing_accuracy"] - f["few_labels_labels_only_accuracy"]) < 0.05
+    smoothing, labels_only = f["few_labels_label_smoothing_accuracy"], f[
+        "few_labels_labels_only_accuracy"]
+    assert abs(smoothing - labels_only) < 0.05
     # "Even on its own training images the KD student predicts a class other than the
     # teacher's on some of them, and its KL is not 0"; "with 100 labels its agreement is higher
     # than the labels-only student's"
@@ -102,7 +104,8 @@ def test_claims_05(course):
     f = figures(course, "05_distillation_vs_finetuning")
     # "fine-tuning against large, from scratch: same architecture, same parameters"; "fine-tuning
     # changes what the model knows, not what it costs"
-    assert f["fine_tuning_parameters"] == f["large_from_scratch_parameters"] == f["reference_parameters"]
+    assert (f["fine_tuning_parameters"] == f["large_from_scratch_parameters"]
+            == f["reference_parameters"])
     # "distillation against fine-tuning: the size and latency columns show the compression"
     assert f["distillation_parameters"] < f["fine_tuning_parameters"]
     assert f["distillation_latency_ms"] < f["fine_tuning_latency_ms"]
