@@ -15,6 +15,8 @@ Modules, each named for what it holds:
 - ``kdlib.distributed`` torchrun helpers: process group, rank, sharding, all-reduce (DDP)
 - ``kdlib.metrics``  accuracy, agreement, calibration, teacher-to-student KL
 - ``kdlib.efficiency`` parameters, latency, throughput and activation memory
+- ``kdlib.exercises`` ``blocked``: graded tests switch off kdlib's own version of an exercise
+- ``kdlib.examples``  runnable scripts (``python -m kdlib.examples.ddp``)
 - ``kdlib.runtime``  ``setup``: the device and the CPU thread policy; when progress bars show
 - ``kdlib.teacher_cache`` ``train_teacher``: a teacher trained once, loaded from disk after
 

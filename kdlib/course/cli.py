@@ -1,6 +1,6 @@
 """The ``kdlib`` command.
 
-    kdlib course run [--fast] [--device auto|cpu|cuda] [--only 03,04] [--out build/course]
+    kdlib course run [--fast] [--device auto|cpu|cuda|mps] [--only 03,04] [--jobs N]
     kdlib grade [ASSIGNMENT ...] --submissions DIR [--db URL] [--out DIR]
     kdlib release [ASSIGNMENT ...]      regenerate notebooks/ from solutions/ with nbgrader
     kdlib data download NAME [--root data]
@@ -72,7 +72,7 @@ class _DeviceCommand:
 
 
 # subcommand path -> (module or command object, help)
-COMMANDS = {
+_ALL_COMMANDS = {
     ("course", "run"): ("kdlib.course.run", "execute the course notebooks headless and report"),
     ("grade",): ("kdlib.course.grade", "autograde a folder of submissions: grades and feedback"),
     ("release",): ("kdlib.course.release", "regenerate notebooks/ from solutions/ with nbgrader"),
@@ -85,7 +85,7 @@ COMMANDS = {
 # or release tool)
 COMMANDS = {
     path: entry
-    for path, entry in COMMANDS.items()
+    for path, entry in _ALL_COMMANDS.items()
     if not isinstance(entry[0], str) or importlib.util.find_spec(entry[0]) is not None
 }
 

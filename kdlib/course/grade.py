@@ -1,7 +1,7 @@
 """``kdlib grade``: a folder of student submissions to grades, feedback and a gradebook.
 
-    kdlib grade [ASSIGNMENT ...] --submissions DIR [--db URL] [--out DIR]
-                [--course-dir DIR] [--timeout SECONDS] [--csv FILE]
+    kdlib grade [ASSIGNMENT ...] --submissions DIR [--db URL] [--out DIR] [--jobs N]
+                [--course-dir DIR] [--timeout SECONDS] [--csv FILE] [--no-feedback]
 
 The work is done by nbgrader (0.9), through its Python API, with the course's
 ``nbgrader_config.py``; this module only adds what an instructor otherwise does by hand:
@@ -43,11 +43,13 @@ ASSIGNMENT named, no submissions folder).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
@@ -881,6 +883,8 @@ def _autograde_all(run: _Grading, api, jobs: list[_Job]) -> None:
             _guarded(run, job.sub, _finish_submission, run, api, job, proc.exitcode)
         for sentinel, (proc, job, deadline) in list(running.items()):
             if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # the child and its kernel: one group
                 proc.kill()
                 proc.join()
                 del running[sentinel]
@@ -888,16 +892,16 @@ def _autograde_all(run: _Grading, api, jobs: list[_Job]) -> None:
 
 
 def _threads_per_job(jobs: int) -> dict[str, str]:
-    """Thread-count variables for each kernel: the machine's CPUs shared by ``jobs`` (a value
-    the instructor set in the environment is kept)."""
+    """Thread-count variables for each kernel: its share of the cores (``KDLIB_CPUS``, and
+    OpenMP's and MKL's pools capped to it), as ``kdlib course run --jobs`` gives; kdlib's thread
+    policy then runs the small models on one thread (:mod:`kdlib.runtime`). A value the
+    instructor set in the environment is kept."""
     if jobs <= 1:
         return {}
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    share = str(max(1, cpus // jobs))
-    return {k: share for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "KDLIB_THREADS")
+    from kdlib.runtime import available_cpus
+
+    share = str(max(1, available_cpus() // jobs))
+    return {k: share for k in ("KDLIB_CPUS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
             if k not in os.environ}
 
 
