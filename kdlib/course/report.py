@@ -15,6 +15,7 @@ import html
 import json
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,9 @@ def _alt_text(source: str, cell_number: int) -> str:
     return "Figure: " + "; ".join(titles)
 
 
+_MATHJAX_LOCK = threading.Lock()
+
+
 def _local_mathjax(folder: Path) -> str | None:
     """Copy MathJax (from the ``jupyter-server-mathjax`` package) into ``folder/mathjax`` once;
     returns the relative URL to load it, or ``None`` when the package is not installed."""
@@ -69,8 +73,9 @@ def _local_mathjax(folder: Path) -> str | None:
         return None
     source = Path(jupyter_server_mathjax.__file__).parent / "static"
     target = folder / MATHJAX_DIR
-    if not (target / "MathJax.js").is_file():
-        shutil.copytree(source, target, dirs_exist_ok=True)
+    with _MATHJAX_LOCK:  # notebooks rendered by parallel workers (course run --jobs) share it
+        if not (target / "MathJax.js").is_file():
+            shutil.copytree(source, target, dirs_exist_ok=True)
     return f"{MATHJAX_DIR}/{_MATHJAX_CONFIG}"
 
 
