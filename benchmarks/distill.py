@@ -72,8 +72,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlib.data import TensorLoader, load_digits
-from kdlib.distill import Distiller, pick_device
+from kdlib.distill import Distiller
 from kdlib.models import MLP, SmallCNN, count_parameters, resnet8x4, resnet32x4
+from kdlib.runtime import pick_device
 
 VARIANTS = {
     "a_dataloader": "plain loop, torch DataLoader(TensorDataset)",

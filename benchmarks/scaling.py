@@ -56,8 +56,9 @@ def _worker(args) -> None:
     """One torchrun rank: time every workload, rank 0 writes ``args.result``."""
     from kdlib import distributed as kdist
     from kdlib.data import load_digits
-    from kdlib.distill import Distiller, pick_device
+    from kdlib.distill import Distiller
     from kdlib.models import MLP, SmallCNN
+    from kdlib.runtime import pick_device
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -55,6 +55,9 @@ __all__ = [
     "labelled",
     "omit_classes",
     "download",
+    "as_batches",
+    "on_device",
+    "training_loader",
 ]
 
 DIGITS_SPLIT = (1000, 397, 400)  # train, validation, test: 1,797 images in all
@@ -82,6 +85,13 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    def __repr__(self) -> str:
+        labelled = int((self.y != IGNORE_INDEX).sum()) if len(self.y) else 0
+        return (
+            f"Split(x={tuple(self.x.shape)} {self.x.dtype}, y={tuple(self.y.shape)} "
+            f"{self.y.dtype}, labelled={labelled}, device={self.x.device})"
+        )
+
     def to(self, device) -> Split:
         return Split(self.x.to(device), self.y.to(device))
 
@@ -93,9 +103,12 @@ class Split:
         """A :class:`TensorLoader` over this split; keyword arguments go to it."""
         return TensorLoader(self.x, self.y, batch_size=batch_size, shuffle=shuffle, **kwargs)
 
-    def dataloader(self, batch_size: int = 64, shuffle: bool = False, seed: int = 0, **kwargs):
-        """A standard ``torch.utils.data.DataLoader`` over this split, yielding ``(x, y)``."""
-        generator = torch.Generator().manual_seed(seed)
+    def dataloader(
+        self, batch_size: int = 64, shuffle: bool = False, seed: int | None = None, **kwargs
+    ):
+        """A standard ``torch.utils.data.DataLoader`` over this split, yielding ``(x, y)``;
+        ``seed`` as in :class:`TensorLoader` (default: ``torch.initial_seed()``)."""
+        generator = torch.Generator().manual_seed(_loader_seed(seed))
         dataset = torch.utils.data.TensorDataset(self.x, self.y)
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, **kwargs
@@ -143,7 +156,9 @@ class TensorLoader:
             to the GPU first (``split.to(device)``) to keep the whole epoch on the device.
         batch_size: samples per batch; the last batch may be smaller unless ``drop_last``.
         shuffle: a fresh permutation every epoch from a generator seeded with ``seed``, so the
-            sequence of batches repeats exactly for the same seed.
+            sequence of batches repeats exactly for the same seed. ``seed=None`` (default)
+            takes ``torch.initial_seed()``, the seed of ``torch.manual_seed`` (and so of
+            ``kdlib.runtime.seed_everything``): two seeds give two orders.
         transform: a function applied to each batch of inputs, e.g. :func:`random_shift`
             (called as ``transform(x, generator)``). A loader with a transform is *random*:
             the teacher-logit cache refuses it.
@@ -157,7 +172,7 @@ class TensorLoader:
         y: torch.Tensor,
         batch_size: int = 64,
         shuffle: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
         drop_last: bool = False,
         transform: Callable | None = None,
         return_index: bool = False,
@@ -172,7 +187,13 @@ class TensorLoader:
         self.drop_last = drop_last
         self.transform = transform
         self.return_index = return_index
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.generator = torch.Generator(device="cpu").manual_seed(_loader_seed(seed))
+
+    def __repr__(self) -> str:
+        return (
+            f"TensorLoader({len(self.y)} samples, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, return_index={self.return_index})"
+        )
 
     @property
     def dataset_size(self) -> int:
@@ -231,6 +252,59 @@ class TensorLoader:
             if self.transform is not None:
                 xb = self.transform(xb, self.generator)
             yield (xb, yb, idx) if self.return_index else (xb, yb)
+
+
+def _loader_seed(seed: int | None) -> int:
+    """``seed``, or for ``None`` the seed of PyTorch's default generator (what
+    ``torch.manual_seed`` last set), so that seeding everything reaches the shuffles."""
+    if seed is None:
+        return torch.initial_seed()
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    return int(seed)
+
+
+def as_batches(data, batch_size: int = 512):
+    """Yield ``(x, y)`` from ``data``: a loader yielding ``(x, y[, index])``, a :class:`Split`
+    (in order, ``batch_size`` at a time) or an ``(x, y)`` pair of tensors."""
+    if isinstance(data, Split):
+        data = data.loader(batch_size=batch_size)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        x, y = data
+        data = [
+            (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)
+        ]
+    for batch in data:
+        yield batch[0], batch[1]
+
+
+def training_loader(data, batch_size: int = 64, return_index: bool = False):
+    """What a training loop iterates over: ``data`` itself when it is a loader, else a
+    shuffling :class:`TensorLoader` (``seed=None``: see there) over a :class:`Split` or an
+    ``(x, y)`` pair, with ``batch_size`` and ``return_index``."""
+    if isinstance(data, Split):
+        data = (data.x, data.y)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return TensorLoader(
+            data[0], data[1], batch_size=batch_size, shuffle=True, return_index=return_index
+        )
+    if not hasattr(data, "__iter__"):
+        raise ValueError(
+            f"the training data must be a loader, a kdlib.data.Split or an (x, y) pair, got "
+            f"{type(data).__name__}"
+        )
+    return data
+
+
+def on_device(loader, device: torch.device):
+    """``loader``, or on CUDA a :class:`TensorLoader` over host tensors moved to ``device``
+    once (:meth:`TensorLoader.to`) when they take at most a quarter of the free memory: no
+    host-device copy per batch."""
+    device = torch.device(device)
+    if device.type != "cuda" or not isinstance(loader, TensorLoader) or loader.x.is_cuda:
+        return loader
+    free, _ = torch.cuda.mem_get_info(device)
+    return loader if loader.x.nbytes + loader.y.nbytes > free // 4 else loader.to(device)
 
 
 def random_shift(
@@ -598,6 +672,8 @@ def _as_tensor(value, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be a numeric array, got dtype object (ragged or mixed?)")
     if array.dtype.kind in "US":  # strings: class names, for y
         return array
+    if not array.flags.writeable:  # a read-only buffer (np.frombuffer, a memory map): copy it
+        array = array.copy()
     return torch.as_tensor(array)
 
 
@@ -858,9 +934,28 @@ def labelled(split: Split) -> Split:
     return split.subset(torch.nonzero(split.y != IGNORE_INDEX).flatten())
 
 
-def omit_classes(split: Split, classes: Sequence[int]) -> Split:
-    """The split without any sample of ``classes`` (Hinton's omitted-digit transfer set)."""
+def omit_classes(split: Split, classes: int | Sequence[int]) -> Split:
+    """The split without any sample of ``classes`` (Hinton's omitted-digit transfer set).
+
+    ``classes``: one class index or a sequence of them, each an int that has samples in
+    ``split`` (a class with none, a string or a float is refused by name: it would silently
+    omit nothing).
+    """
+    if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool):
+        classes = [classes]
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence | np.ndarray):
+        raise ValueError(f"classes must be an int or a sequence of ints, got {classes!r}")
+    present = sorted(int(c) for c in torch.unique(split.y[split.y != IGNORE_INDEX]).tolist())
     keep = torch.ones_like(split.y, dtype=torch.bool)
     for c in classes:
-        keep &= split.y != c
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
+            raise ValueError(f"classes must hold int class indices, got {c!r} ({type(c).__name__})")
+        if int(c) not in present:
+            raise ValueError(
+                f"classes: class {int(c)} has no sample in the split (its classes are "
+                f"{present[0]}..{present[-1]})"
+                if present
+                else f"classes: class {int(c)} has no sample in the split (it has no label)"
+            )
+        keep &= split.y != int(c)
     return split.subset(torch.nonzero(keep).flatten())

@@ -37,6 +37,8 @@ __all__ = [
     "is_initialized",
     "launched_by_torchrun",
     "init_from_env",
+    "join_process_group",
+    "wrap_for_training",
     "destroy",
     "rank",
     "world_size",
@@ -105,6 +107,42 @@ def init_from_env(backend: str | None = None) -> bool:
         torch.cuda.set_device(lr)
     dist.init_process_group(backend=backend)
     return True
+
+
+def join_process_group(distributed: bool | str = "auto") -> tuple[int, int]:
+    """``(world_size, rank)`` a training loop runs with: ``"auto"`` joins the process group
+    when there is one (initialising it from torchrun's environment when this process was
+    started by torchrun with more than one process), ``True`` the same but raises
+    ``ValueError`` when there is no group to join, ``False`` runs alone: ``(1, 0)``."""
+    if distributed not in (True, False, "auto"):
+        raise ValueError(f"distributed must be True, False or 'auto', got {distributed!r}")
+    if distributed and not is_initialized():
+        if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+            init_from_env()
+        elif distributed is True:
+            raise ValueError(
+                "distributed=True but there is no torch.distributed process group: start "
+                "the script with torchrun, or call torch.distributed.init_process_group first"
+            )
+    if distributed and is_initialized():
+        return world_size(), rank()
+    return 1, 0
+
+
+def wrap_for_training(student: nn.Module, terms, device: torch.device, ranks: int):
+    """``(forward module, term parameters)`` of a training loop: in a process group of several
+    ranks, ``student`` wrapped in ``DistributedDataParallel`` (which copies rank 0's weights to
+    every rank), the ``nn.Module`` terms (adapters) given rank 0's parameters, and those
+    parameters, whose gradients the loop averages (:func:`all_reduce_grads`); for ``ranks``
+    1, ``(student, [])``."""
+    if ranks == 1:
+        return student, []
+    ids = [device.index] if device.type == "cuda" else None
+    wrapped = nn.parallel.DistributedDataParallel(student, device_ids=ids)
+    modules = [t for t in terms if isinstance(t, nn.Module)]
+    for term in modules:
+        broadcast_module(term)
+    return wrapped, [p for t in modules for p in t.parameters() if p.requires_grad]
 
 
 def destroy() -> None:

@@ -347,7 +347,6 @@ class HintTerm(nn.Module):
         self.weight = weight
         self.name = name
         self.adapter = make_adapter(student_channels, teacher_channels, kind)
-        self._checked = False  # the first batch's features are checked for NaN / inf
 
     @classmethod
     def from_models(
@@ -374,8 +373,7 @@ class HintTerm(nn.Module):
         """``batch``: a ``kdlib.distill.Batch`` with the tapped features; returns a scalar."""
         s = _feature(batch, "student", self.student_layer)
         t = _feature(batch, "teacher", self.teacher_layer)
-        loss = hint_loss(s, t, self.adapter, check=not self._checked)
-        self._checked = True
+        loss = hint_loss(s, t, self.adapter, check=getattr(batch, "check", True))
         return loss
 
     def extra_repr(self) -> str:
@@ -497,7 +495,6 @@ class AttentionTerm(nn.Module):
         self.student_features = [s for s, _ in self.pairs]
         self.teacher_features = [t for _, t in self.pairs]
         self.weight, self.p, self.name = weight, p, name
-        self._checked = False  # the first batch's features are checked for NaN / inf
 
     def forward(self, batch) -> torch.Tensor:
         """``sum_j attention_transfer_loss(F_S^j, F_T^j, p)`` over the pairs: a scalar."""
@@ -505,8 +502,9 @@ class AttentionTerm(nn.Module):
         for s_layer, t_layer in self.pairs:
             s = _feature(batch, "student", s_layer)
             t = _feature(batch, "teacher", t_layer)
-            total = total + attention_transfer_loss(s, t, self.p, check=not self._checked)
-        self._checked = True
+            total = total + attention_transfer_loss(
+                s, t, self.p, check=getattr(batch, "check", True)
+            )
         return total
 
     def extra_repr(self) -> str:

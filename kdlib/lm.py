@@ -50,8 +50,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlib.data import TensorLoader
-from kdlib.distill import Distiller, _device_of
+from kdlib.distill import Distiller
 from kdlib.losses import IGNORE_INDEX
+from kdlib.runtime import device_of
 
 __all__ = [
     "DIVERGENCES",
@@ -228,7 +229,7 @@ def generate(
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-    device = _device_of(model)
+    device = device_of(model)
     tokens = prompt.to(device)
     context = getattr(model, "context", None)
     pad = eos_token if pad_token is None else pad_token
@@ -286,7 +287,7 @@ def sequence_log_probs(
     is false. Their sum over a row is the sequence's log-likelihood; minus their mean over the
     unmasked tokens is the model's NLL per token (perplexity ``exp(NLL)``).
     """
-    device = _device_of(model)
+    device = device_of(model)
     tokens = tokens.to(device)
     was_training = model.training
     model.eval()
@@ -787,7 +788,7 @@ def kl_to_truth(
     far the model's next-token distribution is from the source's, on these contexts. Zero
     probabilities of the truth contribute 0. ``tokens`` ``(N, L)``; ``true_probs``, ``valid``
     from :meth:`SentenceSource.next_token_probs`."""
-    device = _device_of(model)
+    device = device_of(model)
     was_training = model.training
     model.eval()
     try:
@@ -837,7 +838,7 @@ def lm_metrics(
     out.update(nll=nll, perplexity=math.exp(nll))
     if source is not None:
         out["kl_truth"] = kl_to_truth(model, test.tokens, *source.next_token_probs(test.tokens))
-    device = _device_of(model)
+    device = device_of(model)
     if teacher is not None:
         x = test.tokens[:, :-1].to(device)
         was = model.training

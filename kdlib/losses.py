@@ -23,9 +23,12 @@ Conventions that every function here keeps:
   in the soft term only. Labels may be of any integer dtype (int64, int32, uint8, ...); bool and
   floating labels are refused;
 - bad input raises ``ValueError`` naming the argument: an empty batch, non-finite logits, a
-  temperature that is not a finite number > 0, weights that are NaN or out of range. These
-  checks read values back from the device (a host-device synchronisation each);
-  ``kdlib.distill.Distiller`` runs them on the first batch of a loader only.
+  temperature that is not a finite number > 0, weights that are NaN or out of range. Some of
+  these checks read values back from the device (a host-device synchronisation each), so every
+  loss takes ``check=True``: ``check=False`` skips the checks and runs the same formula, which
+  never synchronises. The training loops (``kdlib.distill.Distiller``,
+  ``kdlib.online.mutual_learning``) check the first batch of each loader and pass
+  ``check=False`` afterwards (``kdlib.training.FirstBatchCheck``).
 
 :func:`dkd_loss` (decoupled KD, Zhao et al. 2022) splits the soft term at the target class into
 two separately weighted parts; it needs every label.
@@ -52,6 +55,8 @@ __all__ = [
     "soft_loss",
     "hard_loss",
     "kd_loss",
+    "check_temperature",
+    "check_alpha",
     "logit_matching_loss",
     "DKDLossParts",
     "dkd_loss",
@@ -87,13 +92,15 @@ def _as_number(value, name: str) -> float:
     return float(value)
 
 
-def _check_temperature(temperature: float) -> None:
+def check_temperature(temperature: float) -> None:
+    """Raise ``ValueError`` unless ``temperature`` is a finite number > 0."""
     tau = _as_number(temperature, "temperature")
     if not (tau > 0 and math.isfinite(tau)):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
 
 
-def _check_alpha(alpha: float) -> None:
+def check_alpha(alpha: float) -> None:
+    """Raise ``ValueError`` unless ``alpha`` (the hard term's weight) lies in [0, 1]."""
     a = _as_number(alpha, "alpha")
     if not 0.0 <= a <= 1.0:  # NaN fails both comparisons
         raise ValueError(
@@ -173,13 +180,13 @@ def softmax_with_temperature(logits: torch.Tensor, temperature: float = 1.0) -> 
     ``logits``: ``(..., C)``. Higher temperatures flatten the distribution (tau -> inf gives the
     uniform distribution), tau -> 0 approaches the one-hot argmax; tau = 1 is the plain softmax.
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     return torch.softmax(_float(logits) / temperature, dim=-1)
 
 
 def log_softmax_with_temperature(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``log_softmax(logits / temperature)`` over the last dimension, in float32 (float64 stays)."""
-    _check_temperature(temperature)
+    check_temperature(temperature)
     return torch.log_softmax(_float(logits) / temperature, dim=-1)
 
 
@@ -205,37 +212,58 @@ def kl_divergence(
     ``KL(p_T || p_S) = sum_c p_T[c] * (log p_T[c] - log p_S[c])`` with both distributions
     softened by the same temperature. Not scaled by tau^2.
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     log_p_s = log_softmax_with_temperature(student_logits, temperature)
     log_p_t = log_softmax_with_temperature(teacher_logits, temperature)
     return F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
 
 
 def soft_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 4.0,
+    check: bool = True,
 ) -> torch.Tensor:
     """The soft term ``tau^2 * KL(p_T || p_S)``, averaged over the batch (``batchmean``).
 
-    The teacher's logits are detached: the gradient flows into the student only.
+    Logits ``(N, C)``; both sides through ``log_softmax`` (KL in log space). The teacher's
+    logits are detached: the gradient flows into the student only. ``check``: refuse bad input
+    (see the module docstring); the formula is the same either way.
     """
-    _check_temperature(temperature)
-    _check_pair(student_logits, teacher_logits)
-    kl = kl_divergence(teacher_logits.detach(), student_logits, temperature)
-    return kl.mean() * (temperature * temperature)
+    if check:
+        check_temperature(temperature)
+        _check_pair(student_logits, teacher_logits)
+    log_p_s = torch.log_softmax(_float(student_logits) / temperature, dim=1)
+    log_p_t = torch.log_softmax(_float(teacher_logits.detach()) / temperature, dim=1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    return kl * (temperature * temperature)
 
 
-def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def hard_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+    check: bool = True,
+) -> torch.Tensor:
     """Cross-entropy with the labels, averaged over the labelled samples.
 
-    Samples labelled ``IGNORE_INDEX`` are skipped; a batch with no labelled sample gives 0
-    (with a gradient of zero), not NaN.
+    Logits ``(N, C)``, labels ``(N,)`` of any integer dtype. Samples labelled ``IGNORE_INDEX``
+    are skipped: ``sum_{labelled} CE / max(#labelled, 1)``, so a batch with no labelled sample
+    gives 0 (with a gradient of zero), not NaN, without a host-device synchronisation.
+    ``label_smoothing`` as in ``F.cross_entropy``; ``check``: refuse bad input.
     """
-    check_logits(student_logits, "student_logits")
-    labels = _check_labels(labels, student_logits)
-    labelled = labels != IGNORE_INDEX
-    if not bool(labelled.any()):
-        return _float(student_logits).sum() * 0.0
-    return F.cross_entropy(_float(student_logits), labels, ignore_index=IGNORE_INDEX)
+    if check:
+        check_logits(student_logits, "student_logits")
+        labels = _check_labels(labels, student_logits)
+    labels = labels.long()  # no copy when they already are int64
+    total = F.cross_entropy(
+        _float(student_logits),
+        labels,
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+        reduction="sum",
+    )
+    return total / (labels != IGNORE_INDEX).sum().clamp_min(1)
 
 
 def kd_loss(
@@ -245,6 +273,7 @@ def kd_loss(
     temperature: float = 4.0,
     alpha: float = 0.7,
     return_parts: bool = False,
+    check: bool = True,
 ) -> torch.Tensor | KDLossParts:
     """Hinton's distillation loss ``alpha * CE(y, S) + (1 - alpha) * tau^2 * KL(p_T || p_S)``.
 
@@ -258,6 +287,8 @@ def kd_loss(
         alpha: weight of the hard cross-entropy term, in [0, 1]; ``1 - alpha`` weights the soft
             term. ``alpha = 1`` is plain supervised training, ``alpha = 0`` pure distillation.
         return_parts: also return the unweighted parts (see :class:`KDLossParts`).
+        check: refuse bad input (below); ``False`` skips the checks, several of which read
+            values back from the device, and computes the same formula.
 
     Returns:
         A scalar float32 tensor (float64 for float64 logits), or ``KDLossParts(total, hard,
@@ -271,16 +302,17 @@ def kd_loss(
     As tau grows, ``kd_loss(..., alpha=0)`` approaches :func:`logit_matching_loss`; see there
     for how far float32 follows it.
     """
-    _check_temperature(temperature)
-    _check_alpha(alpha)
-    _check_pair(student_logits, teacher_logits)
+    if check:
+        check_temperature(temperature)
+        check_alpha(alpha)
+        _check_pair(student_logits, teacher_logits)
     if labels is None:
         if alpha != 0:
             raise ValueError("labels=None needs alpha=0 (there is no hard term without labels)")
         hard = _float(student_logits).sum() * 0.0
     else:
-        hard = hard_loss(student_logits, labels)
-    soft = soft_loss(student_logits, teacher_logits, temperature)
+        hard = hard_loss(student_logits, labels, check=check)
+    soft = soft_loss(student_logits, teacher_logits, temperature, check=False)
     total = alpha * hard + (1.0 - alpha) * soft
     if return_parts:
         return KDLossParts(total, hard, soft)
@@ -315,7 +347,7 @@ def logit_matching_loss(
     Shapes: logits ``(N, C)``, labels ``(N,)``. ``alpha`` weights the hard term as in
     :func:`kd_loss`.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     _check_pair(student_logits, teacher_logits)
     z_s = _float(student_logits)
     z_t = _float(teacher_logits.detach())
@@ -370,6 +402,7 @@ def dkd_loss(
     nckd_weight: float = 8.0,
     temperature: float = 4.0,
     return_parts: bool = False,
+    check: bool = True,
     *,
     alpha: float | None = None,
     beta: float | None = None,
@@ -410,6 +443,8 @@ def dkd_loss(
             finite numbers >= 0 (0-d tensors accepted).
         temperature: tau > 0, finite.
         return_parts: return :class:`DKDLossParts` ``(total, tckd, nckd)``.
+        check: refuse bad input (below); ``False`` skips the checks (some read values back
+            from the device) and computes the same formula.
 
     Raises:
         ValueError: fewer than 3 classes (with 2 the non-target distribution has a single class
@@ -420,26 +455,13 @@ def dkd_loss(
     """
     tckd_weight = _renamed_weight(tckd_weight, alpha, "tckd_weight", "alpha", 1.0)
     nckd_weight = _renamed_weight(nckd_weight, beta, "nckd_weight", "beta", 8.0)
-    _check_temperature(temperature)
-    _check_pair(student_logits, teacher_logits)
-    for label, w in (("tckd_weight", tckd_weight), ("nckd_weight", nckd_weight)):
-        value = _as_number(w, f"DKD's {label}")
-        if not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"DKD's {label} must be a number >= 0 and finite, got {w!r}")
-    num_classes = student_logits.shape[1]
-    if num_classes < 3:
-        raise ValueError(
-            f"DKD needs at least 3 classes (its non-target term is a distribution over the "
-            f"C - 1 other classes), got C = {num_classes}"
-        )
+    if check:
+        check_temperature(temperature)
+        _check_dkd_inputs(student_logits, teacher_logits, labels, tckd_weight, nckd_weight)
     if labels is None:
         raise ValueError("DKD needs the labels: its two terms are split at the target class")
-    labels = _check_labels(labels, student_logits)
-    if bool((labels == IGNORE_INDEX).any()):
-        raise ValueError(
-            f"DKD needs a label for every sample, got {int((labels == IGNORE_INDEX).sum())} "
-            f"unlabelled (-1); train on the labelled subset (kdlib.data.labelled) or use kd_loss"
-        )
+    num_classes = student_logits.shape[1]
+    labels = labels.long()
     target = F.one_hot(labels, num_classes).bool()  # (N, C)
     tau2 = temperature * temperature
 
@@ -464,6 +486,28 @@ def dkd_loss(
     if return_parts:
         return DKDLossParts(total, tckd, nckd)
     return total
+
+
+def _check_dkd_inputs(student_logits, teacher_logits, labels, tckd_weight, nckd_weight) -> None:
+    _check_pair(student_logits, teacher_logits)
+    for label, w in (("tckd_weight", tckd_weight), ("nckd_weight", nckd_weight)):
+        value = _as_number(w, f"DKD's {label}")
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"DKD's {label} must be a number >= 0 and finite, got {w!r}")
+    num_classes = student_logits.shape[1]
+    if num_classes < 3:
+        raise ValueError(
+            f"DKD needs at least 3 classes (its non-target term is a distribution over the "
+            f"C - 1 other classes), got C = {num_classes}"
+        )
+    if labels is None:
+        raise ValueError("DKD needs the labels: its two terms are split at the target class")
+    labels = _check_labels(labels, student_logits)
+    if bool((labels == IGNORE_INDEX).any()):
+        raise ValueError(
+            f"DKD needs a label for every sample, got {int((labels == IGNORE_INDEX).sum())} "
+            f"unlabelled (-1); train on the labelled subset (kdlib.data.labelled) or use kd_loss"
+        )
 
 
 class DKDTerm(torch.nn.Module):
@@ -503,6 +547,7 @@ class DKDTerm(torch.nn.Module):
             self.tckd_weight,
             self.nckd_weight,
             self.temperature,
+            check=getattr(batch, "check", True),
         )
 
     def extra_repr(self) -> str:

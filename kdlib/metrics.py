@@ -1,8 +1,10 @@
-"""Metrics for teachers and students: accuracy, top-k, agreement, calibration, KL.
+"""Metrics for teachers and students: accuracy, top-k, per-class recall, confusion matrix,
+agreement, calibration, KL; and :func:`evaluate`, the loss and accuracy a training loop logs.
 
 Functions on tensors take logits ``(N, C)`` and labels ``(N,)``; :func:`predict` collects a
 model's logits over a dataset first, and :func:`compare` does it all for a teacher and a
-student at once.
+student at once. Wherever a dataset is taken, it may be a loader yielding ``(x, y[, index])``,
+a ``kdlib.data.Split`` or an ``(x, y)`` pair.
 
 Hinton's bias correction for a class the student never saw (Hinton, Vinyals & Dean, "Distilling
 the Knowledge in a Neural Network", NIPS 2014 Deep Learning Workshop, arXiv:1503.02531,
@@ -15,13 +17,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from kdlib import distributed as kdist
+from kdlib.data import Split, TensorLoader, as_batches
 from kdlib.losses import IGNORE_INDEX, check_logits, kl_divergence
+from kdlib.runtime import device_of
 
 __all__ = [
     "accuracy",
+    "as_class_index",
+    "confusion_matrix",
+    "evaluate",
+    "evaluation_sums",
+    "per_class_recall",
     "agreement",
     "bias_for_rate",
     "compare",
@@ -42,17 +54,98 @@ def predict(model: torch.nn.Module, data, device=None, batch_size: int = 512):
     ``data``: a loader yielding ``(x, y[, index])``, a ``kdlib.data.Split`` or an ``(x, y)``
     pair. Results stay on the model's device. The model's train/eval mode is restored.
     """
-    from kdlib.distill import _batches, _device_of
-
-    device = device or _device_of(model)
+    device = device or device_of(model)
     was_training = model.training
     model.eval()
     logits, labels = [], []
-    for x, y in _batches(data, batch_size):
+    for x, y in as_batches(data, batch_size):
         logits.append(model(x.to(device)).float())
         labels.append(y.to(device))
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
+
+
+_INTEGER_LABELS = (torch.int8, torch.uint8, torch.int16, torch.int32)
+
+
+def as_class_index(y: torch.Tensor) -> torch.Tensor:
+    """Labels of a smaller integer dtype (int32 from numpy, uint8 from image files) as the
+    int64 class indices PyTorch's losses need; other dtypes are left for the loss to check."""
+    return y.long() if y.dtype in _INTEGER_LABELS else y
+
+
+@torch.no_grad()
+def evaluation_sums(model: nn.Module, data, device: torch.device | None = None):
+    """``(summed cross-entropy, number correct, number of labelled samples)`` of ``model`` on
+    ``data``: the first two as 0-d tensors on the device, the count an int. Samples labelled
+    -1 are skipped; the model's train/eval mode is restored."""
+    device = device or device_of(model)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device)
+    count = 0
+    for x, y in as_batches(data):
+        x, y = x.to(device, non_blocking=True), as_class_index(y.to(device, non_blocking=True))
+        keep = y != IGNORE_INDEX
+        logits = model(x).float()[keep]
+        y = y[keep]
+        loss += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+    model.train(was_training)
+    return loss, correct, count
+
+
+def evaluate(
+    model: nn.Module, data, device: torch.device | None = None, *, distributed: bool = False
+) -> dict:
+    """Accuracy and mean cross-entropy (tau = 1) of ``model`` on ``data``.
+
+    ``data``: a loader yielding ``(x, y[, index])``, a ``kdlib.data.Split`` or an ``(x, y)``
+    pair. Samples labelled -1 are skipped. Puts the model in eval mode and restores its mode.
+    ``distributed``: every rank of the ``torch.distributed`` group evaluates its share of
+    ``data`` (``kdlib.distributed.shard_loader``) and the sums are added over the ranks: the
+    figures of the whole of ``data``, the same on every rank (call it on every rank).
+    Raises ``ValueError`` when ``data`` has no labelled sample (an empty validation split has
+    no accuracy, not an accuracy of 0).
+    """
+    if distributed:
+        if isinstance(data, (Split, tuple, list)):  # the whole of it, in order
+            data = TensorLoader(*((data.x, data.y) if isinstance(data, Split) else data), 512)
+        data = kdist.shard_loader(data, kdist.rank(), kdist.world_size(), train=False)
+    loss, correct, count = evaluation_sums(model, data, device)
+    if distributed:
+        sums = torch.stack([loss.double(), correct.double(), loss.new_tensor(count).double()])
+        loss, correct, count = kdist.all_reduce_sum(sums).tolist()
+    else:
+        loss, correct = loss.item(), correct.item()
+    if count == 0:
+        raise ValueError("data has no labelled sample to evaluate on (an empty split?)")
+    return {"loss": loss / count, "accuracy": correct / count}
+
+
+def confusion_matrix(
+    logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
+) -> torch.Tensor:
+    """``M[i, j]``: how many samples of class ``i`` were predicted as ``j``, ``(C, C)`` int64.
+
+    ``logits`` ``(N, C)``, ``labels`` ``(N,)`` (-1 skipped); ``num_classes`` defaults to ``C``.
+    Row sums are the class counts, the diagonal the correct predictions.
+    """
+    check_logits(logits, "logits")
+    logits, labels = _known(logits, as_class_index(labels))
+    c = num_classes if num_classes is not None else logits.shape[1]
+    pred = logits.argmax(1)
+    flat = (labels.long() * c + pred).cpu()
+    return torch.bincount(flat, minlength=c * c).reshape(c, c)
+
+
+def per_class_recall(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The fraction of each class's samples predicted as that class, ``(C,)`` float;
+    NaN for a class without samples (the omitted class of a transfer set, say)."""
+    m = confusion_matrix(logits, labels).double()
+    return (m.diagonal() / m.sum(1)).float()  # 0 / 0 = NaN: no sample of that class
 
 
 def _known(logits: torch.Tensor, labels: torch.Tensor):
@@ -213,8 +306,9 @@ def correct_class_bias(
 
     Args:
         model: a classifier whose logits come straight out of ``layer``.
-        inputs: unlabelled inputs, a tensor ``(N, ...)``, or anything :func:`predict` takes (a
-            ``kdlib.data.Split``, an ``(x, y)`` pair, a loader); labels are not used.
+        inputs: unlabelled inputs, a tensor or a numpy array ``(N, ...)`` (made float32), or
+            anything :func:`predict` takes (a ``kdlib.data.Split``, an ``(x, y)`` pair, a
+            loader); labels are not used.
         target_class: the class to shift. rate: the wanted fraction of predictions in [0, 1],
             e.g. the class's share of the teacher's training labels.
         layer: the output ``nn.Linear`` (default :func:`output_layer`), which needs a bias.
@@ -225,6 +319,10 @@ def correct_class_bias(
             outputs, or a model whose logits do not move by exactly ``delta`` (the layer is not
             its last operation); the bias is left unchanged then.
     """
+    if isinstance(inputs, np.ndarray):
+        if inputs.dtype.kind not in "fiu":
+            raise ValueError(f"inputs must be a numeric array, got dtype {inputs.dtype}")
+        inputs = torch.as_tensor(np.array(inputs, dtype=np.float32))
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs, torch.full((len(inputs),), IGNORE_INDEX, dtype=torch.long))
     logits, _ = predict(model, inputs, device)

@@ -44,8 +44,8 @@ from collections.abc import Sequence
 import torch
 
 from kdlib.losses import (
-    _check_temperature,
     check_logits,
+    check_temperature,
     entropy,
     kd_loss,
     log_softmax_with_temperature,
@@ -57,6 +57,7 @@ __all__ = [
     "teacher_weights",
     "confidence_weights",
     "ensemble_soft_targets",
+    "log_ensemble_targets",
     "combine_logits",
     "average_logits",
     "TeacherEnsemble",
@@ -147,9 +148,15 @@ def teacher_weights(
     return (w / w.sum())[:, None].expand(k, n)
 
 
-def _log_ensemble(teacher_logits, temperature, weights, confidence) -> torch.Tensor:
-    """``log p_ens`` ``(N, C)`` in float32, computed as a log-sum-exp over teachers."""
-    _check_temperature(temperature)
+def log_ensemble_targets(
+    teacher_logits: Sequence[torch.Tensor],
+    temperature: float = 4.0,
+    weights: None | str | Sequence[float] | torch.Tensor = None,
+    confidence: str = "max_prob",
+) -> torch.Tensor:
+    """``log p_ens`` ``(N, C)`` in float32, the log of :func:`ensemble_soft_targets` (same
+    arguments), computed as a log-sum-exp over the teachers."""
+    check_temperature(temperature)
     teacher_logits = check_teacher_logits(teacher_logits)
     w = teacher_weights(teacher_logits, weights, confidence)  # (K, N)
     log_p = torch.stack(
@@ -174,7 +181,7 @@ def ensemble_soft_targets(
 
     Each row is a probability distribution (float32, sums to one).
     """
-    return _log_ensemble(teacher_logits, temperature, weights, confidence).exp()
+    return log_ensemble_targets(teacher_logits, temperature, weights, confidence).exp()
 
 
 def combine_logits(
@@ -191,7 +198,7 @@ def combine_logits(
     ignores: the loss is single-teacher KD. Row-wise constant shifts aside, ``z_ens`` at
     tau = 1 is the log of the averaged probabilities, a usual way to score an ensemble.
     """
-    return temperature * _log_ensemble(teacher_logits, temperature, weights, confidence)
+    return temperature * log_ensemble_targets(teacher_logits, temperature, weights, confidence)
 
 
 def average_logits(teacher_logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -214,7 +221,7 @@ class TeacherEnsemble:
     """
 
     def __init__(self, temperature: float = 4.0, weights=None, confidence: str = "max_prob"):
-        _check_temperature(temperature)
+        check_temperature(temperature)
         if isinstance(weights, str) and weights != "confidence":
             raise ValueError(f"weights must be None, numbers or 'confidence', got {weights!r}")
         if confidence not in CONFIDENCE_RULES:

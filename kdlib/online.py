@@ -9,7 +9,8 @@ and from the others' current soft outputs. With logits ``z_1 ... z_K`` ``(N, C)`
 
 where the peers' outputs ``p_j`` are treated as constants (detached) in ``L_i``. As in
 ``kd_loss``, **alpha weights the hard term**; the paper's ``CE + KL`` (tau = 1) is alpha = 0.5
-up to a factor of two (which Adam does not see). The KL term is :func:`kdlib.losses.soft_loss`.
+up to a factor of two (which Adam does not see). The KL term is :func:`kdlib.losses.soft_loss`'s
+(computed here from each participant's log-softmax once).
 
 The paper updates the students in turn (student 1 steps, then the predictions are recomputed
 for student 2). Here every student steps at once from the same forward pass: one forward per
@@ -21,7 +22,6 @@ gradient of ``L_i`` alone, so one ``backward`` serves all.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -30,9 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdlib.distill import _adam, _supervised_loss, evaluate, pick_device
-from kdlib.losses import _check_alpha, _check_temperature, check_logits, hard_loss, soft_loss
-from kdlib.runtime import progress_enabled
+from kdlib.data import training_loader
+from kdlib.losses import check_alpha, check_logits, check_temperature, hard_loss
+from kdlib.metrics import as_class_index, evaluate
+from kdlib.runtime import fit_threads_to, pick_device, progress_enabled
+from kdlib.training import FirstBatchCheck, check_finite, make_optimizer
 
 __all__ = ["dml_losses", "mutual_learning"]
 
@@ -43,6 +45,7 @@ def dml_losses(
     temperature: float = 1.0,
     alpha: float = 0.5,
     return_parts: bool = False,
+    check: bool = True,
 ):
     """The deep-mutual-learning loss of every participant, a list of ``K`` scalars.
 
@@ -54,65 +57,47 @@ def dml_losses(
             peers.
         return_parts: also return the unweighted hard and soft parts, as
             ``(totals, hards, softs)``, each a list of ``K`` scalars.
+        check: refuse bad input (below); ``False`` skips the checks, some of which read values
+            back from the device, and computes the same formula.
 
     ``L_i = alpha * CE(y, z_i) + (1 - alpha) * mean_{j != i} tau^2 KL(p_j || p_i)``, the peers
-    ``z_j`` detached. Raises ``ValueError`` for fewer than two participants or mismatched
-    shapes, naming the participant.
+    ``z_j`` detached; CE as in :func:`kdlib.losses.hard_loss` (over the labelled samples), KL
+    per sample (batchmean) in log space, in float32. Raises ``ValueError`` for fewer than two
+    participants or mismatched shapes, naming the participant.
     """
-    _check_temperature(temperature)
-    _check_alpha(alpha)
     logits = list(logits)
     if len(logits) < 2:
         raise ValueError(f"mutual learning needs at least 2 participants, got {len(logits)}")
-    for k, z in enumerate(logits):
-        check_logits(z, f"logits[{k}]")
-        if z.shape != logits[0].shape:
-            raise ValueError(
-                f"participant {k} gave logits of shape {tuple(z.shape)} but participant 0 gave "
-                f"{tuple(logits[0].shape)}: all must see the same batch and classes"
-            )
+    if check:
+        check_temperature(temperature)
+        check_alpha(alpha)
+        for k, z in enumerate(logits):
+            check_logits(z, f"logits[{k}]")
+            if z.shape != logits[0].shape:
+                raise ValueError(
+                    f"participant {k} gave logits of shape {tuple(z.shape)} but participant 0 "
+                    f"gave {tuple(logits[0].shape)}: all must see the same batch and classes"
+                )
+    if labels is None and alpha != 0:
+        raise ValueError("labels=None needs alpha=0 (there is no hard term without labels)")
+    k, tau2 = len(logits), temperature * temperature
     if labels is None:
-        if alpha != 0:
-            raise ValueError("labels=None needs alpha=0 (there is no hard term without labels)")
         hards = [z.float().sum() * 0.0 for z in logits]
     else:
-        hards = [hard_loss(z, labels) for z in logits]
-    k = len(logits)
+        hards = [hard_loss(z, labels, check=check) for z in logits]
+    log_p = [F.log_softmax(z.float() / temperature, dim=1) for z in logits]
     softs = []
-    for i, z in enumerate(logits):
-        peers = [soft_loss(z, logits[j], temperature) for j in range(k) if j != i]
-        softs.append(torch.stack(peers).mean())
-    totals = [alpha * h + (1.0 - alpha) * s for h, s in zip(hards, softs)]
-    if return_parts:
-        return totals, hards, softs
-    return totals
-
-
-def _dml_losses_unchecked(
-    logits: list[torch.Tensor], labels: torch.Tensor, temperature: float, alpha: float
-) -> torch.Tensor:
-    """:func:`dml_losses` on float32 logits without its input checks, hence without a
-    host-device synchronisation; returns a ``(3, K)`` tensor of totals, hards and softs.
-
-    The same formula: ``hard_i`` is the cross-entropy over the labelled samples (a sum and a
-    count, 0 when none is labelled), ``soft_i = mean_{j != i} tau^2 KL(p_j || p_i)`` per sample
-    (batchmean) in log space with the peers detached. :func:`mutual_learning` uses it once
-    :func:`dml_losses` has checked the loader's first batch."""
-    k = len(logits)
-    labels = labels.long()  # no copy when they already are int64
-    log_p = [F.log_softmax(z / temperature, dim=1) for z in logits]
-    tau2 = temperature * temperature
-    hards, softs = [], []
     for i in range(k):
-        hards.append(_supervised_loss(logits[i], None, labels))
         peers = [
             F.kl_div(log_p[i], log_p[j].detach(), reduction="batchmean", log_target=True)
             for j in range(k)
             if j != i
         ]
         softs.append(torch.stack(peers).sum() * (tau2 / (k - 1)))
-    hard, soft = torch.stack(hards), torch.stack(softs)
-    return torch.stack([alpha * hard + (1.0 - alpha) * soft, hard, soft])
+    totals = [alpha * h + (1.0 - alpha) * s for h, s in zip(hards, softs)]
+    if return_parts:
+        return totals, hards, softs
+    return totals
 
 
 def mutual_learning(
@@ -140,7 +125,7 @@ def mutual_learning(
         lr, weight_decay: of the default optimiser, one ``Adam`` per student (fused where the
             device has a fused kernel, as in the Distiller).
         optimizer: a factory ``params -> torch.optim.Optimizer``, called once per student.
-        device: where to train (default :func:`kdlib.distill.pick_device`).
+        device: where to train (default :func:`kdlib.runtime.pick_device`).
         progress: a tqdm bar; ``None``: where a person watches, not under papermill, nbgrader
             or CI (see :func:`kdlib.runtime.progress_enabled`).
 
@@ -149,28 +134,35 @@ def mutual_learning(
     ``epoch``, ``train_loss``, ``train_hard``, ``train_soft`` (sample-weighted means over the
     epoch), ``val_loss``, ``val_accuracy``, ``seconds``.
 
-    Speed: as in the Distiller, the first batch runs :func:`dml_losses` with all its input
-    checks and the later batches the same formula without them, so training makes **one
-    host-device synchronisation per epoch** (reading the epoch's means back), plus the checks
-    of the first batch and the evaluation on ``val_loader``. An epoch whose mean loss is not
+    Speed: as in the Distiller (``kdlib.training.FirstBatchCheck``), the first batch runs
+    :func:`dml_losses` with all its input checks and the later batches with ``check=False``,
+    so training makes **one host-device synchronisation per epoch** (reading the epoch's means
+    back), plus the checks of the first batch and the evaluation on ``val_loader``.
+    ``train_loader`` may also be a ``kdlib.data.Split`` or an ``(x, y)`` pair (shuffled in
+    batches of 64). An epoch whose mean loss is not
     finite raises ``ValueError`` (the students diverged, or the inputs hold NaN or inf).
     """
     students = list(students)
     if len(students) < 2:
         raise ValueError(f"mutual learning needs at least 2 students, got {len(students)}")
-    _check_temperature(temperature)
-    _check_alpha(alpha)
+    check_temperature(temperature)
+    check_alpha(alpha)
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     device = pick_device(device if device is not None else "auto")
     for s in students:
         s.to(device)
-    make_optimizer = optimizer or (lambda params: _adam(params, lr, weight_decay))
-    optimizers = [make_optimizer([p for p in s.parameters() if p.requires_grad]) for s in students]
+    fit_threads_to(*students)
+    train_loader = training_loader(train_loader)
+    optimizers = [
+        make_optimizer(optimizer, [p for p in s.parameters() if p.requires_grad], lr, weight_decay)
+        for s in students
+    ]
     histories: list[list[dict]] = [[] for _ in students]
     show = progress_enabled(progress)
     bar = tqdm(total=epochs * len(train_loader), desc="mutual", disable=not show, leave=False)
-    checked = False  # dml_losses has checked a batch of train_loader
+    first_batch = FirstBatchCheck()
+    first_batch.start(train_loader)
     try:
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
@@ -180,28 +172,23 @@ def mutual_learning(
             seen = 0
             for batch in train_loader:
                 x = batch[0].to(device, non_blocking=True)
-                y = batch[1].to(device, non_blocking=True)
+                y = as_class_index(batch[1].to(device, non_blocking=True))
                 logits = [s(x).float() for s in students]
-                if checked:
-                    parts = _dml_losses_unchecked(logits, y, temperature, alpha)
-                else:  # the loader's first batch: every input check, then the fast path
-                    checked_parts = dml_losses(logits, y, temperature, alpha, return_parts=True)
-                    parts = torch.stack([torch.stack(p) for p in checked_parts])
-                    checked = True
+                check = first_batch.pending  # the loader's first batch: every input check
+                parts = dml_losses(logits, y, temperature, alpha, return_parts=True, check=check)
+                parts = torch.stack([torch.stack(p) for p in parts])  # (3, K)
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 parts[0].sum().backward()
                 for opt in optimizers:
                     opt.step()
+                first_batch.done()
                 sums += parts.detach() * len(y)
                 seen += len(y)
                 bar.update(1)
             means = (sums / max(seen, 1)).cpu().tolist()  # the epoch's one synchronisation
-            if seen and not all(math.isfinite(v) for v in means[0]):
-                raise ValueError(
-                    f"the mutual-learning loss of epoch {epoch} is not finite ({means[0]}): a "
-                    "student diverged (lower the learning rate) or the inputs contain NaN or inf"
-                )
+            if seen:
+                check_finite(means[0], epoch, "mutual-learning")
             seconds = time.perf_counter() - start
             for i, s in enumerate(students):
                 record = {

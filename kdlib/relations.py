@@ -29,6 +29,7 @@ from torch import nn
 
 __all__ = [
     "pairwise_distances",
+    "normalised_distances",
     "rkd_distance_loss",
     "rkd_angle_loss",
     "rkd_loss",
@@ -80,7 +81,9 @@ def pairwise_distances(emb: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return d * (1.0 - torch.eye(len(emb), device=emb.device, dtype=d.dtype))
 
 
-def _normalised_distances(emb: torch.Tensor) -> torch.Tensor:
+def normalised_distances(emb: torch.Tensor) -> torch.Tensor:
+    """RKD's ``d[i, j] / mu``: :func:`pairwise_distances` of ``(N, D)`` embeddings divided by
+    their mean over the ``N (N - 1)`` pairs ``i != j``, ``(N, N)``."""
     d = pairwise_distances(emb)
     off = ~torch.eye(len(emb), dtype=torch.bool, device=emb.device)
     mu = d[off].mean().clamp_min(1e-12)
@@ -99,7 +102,7 @@ def rkd_distance_loss(
     inf in the embeddings.
     """
     s, t = _flat_pair(student_emb, teacher_emb, check)
-    return F.smooth_l1_loss(_normalised_distances(s), _normalised_distances(t))
+    return F.smooth_l1_loss(normalised_distances(s), normalised_distances(t))
 
 
 def _angles(emb: torch.Tensor) -> torch.Tensor:
@@ -200,7 +203,6 @@ class RelationTerm(nn.Module):
         self.teacher_features = [teacher_layer]
         self.weight = weight
         self.name = name or kind
-        self._checked = False  # the first batch's features are checked for NaN / inf
 
     def forward(self, batch) -> torch.Tensor:
         """``batch``: a ``kdlib.distill.Batch`` with the tapped features; returns a scalar."""
@@ -215,8 +217,7 @@ class RelationTerm(nn.Module):
             raise ValueError(
                 f"no {side} feature {layer!r} in the batch (tapped: {', '.join(got) or 'none'})"
             )
-        loss = self.loss_fn(s, t, check=not self._checked, **self.loss_kwargs)
-        self._checked = True
+        loss = self.loss_fn(s, t, check=getattr(batch, "check", True), **self.loss_kwargs)
         return loss
 
     def extra_repr(self) -> str:

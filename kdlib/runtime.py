@@ -1,18 +1,23 @@
-"""How a notebook runs here: CPU threads, progress bars, the device, in one call at its start.
+"""How a run is set up: the device, seeds, CPU threads and progress bars.
 
 ``setup()`` is the first thing a notebook does after its parameters::
 
     device = setup(device, dataset=dataset)
 
-It picks the device (:func:`kdlib.distill.pick_device`) and sets PyTorch's number of CPU
-threads by this **thread policy**:
+It picks the device (:func:`pick_device`: CUDA, then MPS, then the CPU), seeds everything when
+asked (:func:`seed_everything`) and sets PyTorch's number of CPU threads by this **thread
+policy**:
 
 1. ``threads=`` if given (a positive number; ``0`` leaves PyTorch's default alone);
 2. else ``KDLIB_THREADS`` from the environment (the same values);
-3. else **one thread for small models** (the ``digits`` dataset: MLPs and small CNNs on 8x8
-   images), and for the bigger datasets the cores this process may use: ``KDLIB_CPUS`` when
-   set (``kdlib course run --jobs N`` sets it to each kernel's share), else every core of the
-   process's CPU affinity.
+3. else **by the size of the model**: one thread for a model of at most
+   ``SMALL_MODEL_PARAMETERS`` (50,000) parameters, whatever the dataset is called (the
+   course's MLPs and small CNNs have 2,000 to 20,000), and the cores this process may use for
+   a bigger one: ``KDLIB_CPUS`` when set (``kdlib course run --jobs N`` sets it to each
+   kernel's share), else every core of the process's CPU affinity. ``setup`` sets one thread
+   (no model is known yet); the training loops (``Distiller``, ``mutual_learning``) then call
+   :func:`fit_threads_to` with their models, which raises the count for a big model, but only
+   after ``setup`` chose by step 3 (an explicit choice, or no ``setup`` at all, is left alone).
 
 Why one thread: a training step of these models takes a fraction of a millisecond, too short for
 splitting a matrix product between threads to pay for the threads' synchronisation, and far too
@@ -23,26 +28,37 @@ its core (``benchmarks/README.md`` measures the crossover and the slow-down).
 yes in JupyterLab, the classic notebook and a terminal; no under papermill, nbgrader, CI and
 ``kdlib course run``.
 
+:func:`device_of` says where a model lives (its first parameter or buffer; the CPU for a model
+with neither).
+
 This module is part of the library half of kdlib: it imports nothing from ``kdlib.course``.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import sys
 
+import numpy as np
 import torch
+from torch import nn
 
 __all__ = [
+    "SMALL_MODEL_PARAMETERS",
     "available_cpus",
     "default_threads",
+    "device_of",
+    "fit_threads_to",
+    "pick_device",
     "progress_enabled",
     "resolve_threads",
+    "seed_everything",
     "setup",
 ]
 
-#: datasets whose models are small enough to train fastest on one CPU thread
-SMALL_DATASETS = frozenset({"digits"})
+#: models with at most this many parameters train fastest on one CPU thread
+SMALL_MODEL_PARAMETERS = 50_000
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -65,12 +81,26 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_threads(dataset: str | None = None) -> int:
-    """Step 3 of the policy: 1 for a small dataset's models (``digits``, or ``dataset=None``),
+def _parameter_count(models) -> int:
+    """The parameters of ``models``: an ``nn.Module``, a count, or a list of either."""
+    if models is None:
+        return 0
+    if isinstance(models, nn.Module):
+        return sum(p.numel() for p in models.parameters())
+    if isinstance(models, int) and not isinstance(models, bool):
+        return models
+    if isinstance(models, (list, tuple)):
+        return sum(_parameter_count(m) for m in models)
+    raise ValueError(f"model must be an nn.Module, a parameter count or a list, got {models!r}")
+
+
+def default_threads(model=None) -> int:
+    """Step 3 of the policy: 1 for a model (``nn.Module``, parameter count, or a list of them:
+    the largest counts) of at most ``SMALL_MODEL_PARAMETERS`` parameters or none known yet,
     else :func:`available_cpus`."""
-    if dataset is None or str(dataset).lower() in SMALL_DATASETS:
-        return 1
-    return available_cpus()
+    models = model if isinstance(model, (list, tuple)) else [model]
+    largest = max((_parameter_count(m) for m in models), default=0)
+    return 1 if largest <= SMALL_MODEL_PARAMETERS else available_cpus()
 
 
 def _parse_threads(value, name: str) -> int:
@@ -88,18 +118,25 @@ def _parse_threads(value, name: str) -> int:
     return number
 
 
-def resolve_threads(threads: int | str | None = None, dataset: str | None = None) -> int:
+def resolve_threads(
+    threads: int | str | None = None, dataset: str | None = None, model=None
+) -> int:
     """The number of intra-op threads the policy gives (0: leave PyTorch's default).
 
-    ``threads`` (explicit) wins, then ``KDLIB_THREADS``, then :func:`default_threads`. Raises
-    ``ValueError`` for a negative or non-numeric value, naming where it came from.
+    ``threads`` (explicit) wins, then ``KDLIB_THREADS``, then :func:`default_threads` of
+    ``model``. ``dataset`` is accepted for the notebooks' ``setup(device, dataset=dataset)``
+    but decides nothing: a tiny MLP gets one thread on ``"mnist-t10k"`` as on ``"digits"``.
+    Raises ``ValueError`` for a negative or non-numeric value, naming where it came from.
     """
     if threads is not None:
         return _parse_threads(threads, "threads")
     env = os.environ.get("KDLIB_THREADS", "").strip()
     if env:
         return _parse_threads(env, "KDLIB_THREADS")
-    return default_threads(dataset)
+    return default_threads(model)
+
+
+_by_model_size = False  # setup() chose step 3 of the policy: fit_threads_to may raise the count
 
 
 def setup(
@@ -108,30 +145,93 @@ def setup(
     dataset: str | None = None,
     threads: int | str | None = None,
     seed: int | None = None,
+    model=None,
 ) -> torch.device:
     """Apply the thread policy, optionally seed everything, and return the device to use.
 
     Args:
         device: ``"auto"`` (CUDA, then MPS, then the CPU) or a device name; see
-            :func:`kdlib.distill.pick_device`.
-        dataset: the notebook's dataset; its size decides the default thread count (one
-            thread for ``digits``).
+            :func:`pick_device`.
+        dataset: the notebook's dataset (kept for the notebooks' calls; the thread count
+            goes by the model's size, see the module docstring).
         threads: intra-op CPU threads; ``None`` follows the policy of the module docstring
-            (``KDLIB_THREADS``, else 1 for small models, else the cores available); ``0``
-            keeps PyTorch's default.
-        seed: if given, :func:`kdlib.distill.seed_everything` is called with it.
+            (``KDLIB_THREADS``, else by the model's size); ``0`` keeps PyTorch's default.
+        seed: if given, :func:`seed_everything` is called with it.
+        model: the model (or models, or a parameter count) about to be trained, if known;
+            otherwise the training loops apply step 3 when they get their models.
 
     The thread count is set with ``torch.set_num_threads`` (it also matters on a GPU machine:
     data preparation and evaluation run on the CPU).
     """
-    from kdlib.distill import pick_device, seed_everything
-
-    n = resolve_threads(threads, dataset)
+    global _by_model_size
+    n = resolve_threads(threads, dataset, model)
+    _by_model_size = threads is None and not os.environ.get("KDLIB_THREADS", "").strip()
     if n:
         torch.set_num_threads(n)
     if seed is not None:
         seed_everything(seed)
     return pick_device(device)
+
+
+def fit_threads_to(*models: nn.Module) -> None:
+    """Step 3 of the policy for ``models``, when :func:`setup` left the choice to it: every
+    core available for a model over ``SMALL_MODEL_PARAMETERS`` parameters, one thread
+    otherwise. Does nothing when ``setup`` was not called or was given ``threads`` (or
+    ``KDLIB_THREADS`` is set): a choice made by hand stands."""
+    if _by_model_size and not os.environ.get("KDLIB_THREADS", "").strip():
+        torch.set_num_threads(default_threads(list(models)))
+
+
+def pick_device(prefer: str | torch.device | None = "auto") -> torch.device:
+    """The device to run on: ``"auto"`` picks CUDA, then Apple's MPS, then the CPU.
+
+    Any other value (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) is taken as given, after a
+    check that it is available here.
+    """
+    if prefer is None or str(prefer) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(prefer)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available on this machine")
+    if device.type == "mps" and not _mps_available():
+        raise ValueError("device 'mps' was asked for but MPS is not available on this machine")
+    return device
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model`` lives: the device of its first parameter, else of its first buffer,
+    else the CPU."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (all devices); returns a CPU generator with that seed.
+
+    On the CPU, the same seed then gives the same numbers on every run, and the loaders made
+    afterwards without a ``seed`` (``kdlib.data.TensorLoader``, ``Split.loader``) shuffle in an
+    order that follows it (they take ``torch.initial_seed()``). cuDNN is set to deterministic
+    algorithms; some CUDA kernels stay non-deterministic unless
+    ``torch.use_deterministic_algorithms(True)`` is also set (slower), which this does not do.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    return torch.Generator().manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------- progress bars

@@ -26,9 +26,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from kdlib.distill import Distiller, pick_device, seed_everything, train_supervised
+from kdlib.distill import Distiller, train_supervised
 from kdlib.metrics import predict
 from kdlib.multi_teacher import combine_logits
+from kdlib.runtime import pick_device, seed_everything
 
 __all__ = ["Generation", "born_again", "ensemble_predictions"]
 

@@ -49,7 +49,8 @@ import torch
 from torch import nn
 
 import kdlib
-from kdlib.distill import Distiller, pick_device, seed_everything
+from kdlib.distill import Distiller
+from kdlib.runtime import pick_device, seed_everything
 
 __all__ = ["TeacherCacheWarning", "TrainedTeacher", "cache_dir", "teacher_key", "train_teacher"]
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kdlib import data, models
-from kdlib.distill import seed_everything, train_supervised
+from kdlib.distill import train_supervised
+from kdlib.runtime import seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,16 +8,9 @@ import torch
 from torch import nn
 
 from kdlib import data, models
-from kdlib.distill import (
-    Distiller,
-    evaluate,
-    freeze,
-    is_frozen,
-    pick_device,
-    seed_everything,
-    train_supervised,
-)
-from kdlib.metrics import mean_std
+from kdlib.distill import Distiller, freeze, is_frozen, train_supervised
+from kdlib.metrics import evaluate, mean_std
+from kdlib.runtime import pick_device, seed_everything
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +250,9 @@ def test_integer_labels_of_any_width_train_and_evaluate(digits, quick_teacher):
     """Labels as numpy gives them (int32) or as image files store them (uint8) work in the
     Distiller, train_supervised and evaluate, with the same result as int64."""
     from kdlib.data import TensorLoader
-    from kdlib.distill import Distiller, evaluate, seed_everything
+    from kdlib.distill import Distiller
+    from kdlib.metrics import evaluate
+    from kdlib.runtime import seed_everything
 
     results = []
     for dtype in (torch.int64, torch.int32, torch.uint8):

@@ -28,8 +28,9 @@ import torch
 from kdlib import distributed as kdist
 from kdlib import models
 from kdlib.data import TensorLoader, load_digits
-from kdlib.distill import Distiller, seed_everything
+from kdlib.distill import Distiller
 from kdlib.features import HintTerm
+from kdlib.runtime import seed_everything
 
 TOL = 1e-5  # largest parameter difference, 2 processes against 1 (see the module docstring)
 N_TRAIN, GLOBAL_BATCH, WORLD = 256, 64, 2
@@ -89,13 +90,13 @@ def _worker(out: Path) -> None:
     kd = _kd_run(GLOBAL_BATCH // WORLD, 2, checkpoint=out / f"kd-rank{rank}.pt")
     hint = _hint_run(GLOBAL_BATCH // WORLD)
     plain = _dataloader_run()
-    share = plain._shards[1]
+    share = plain._data[2]  # the loader this rank trained on
     torch.save(
         {
             "world_size": kd.world_size,
             "student": kd.student.state_dict(),
             "history": kd.history,
-            "cache_complete": kd._cache_complete,
+            "cache_complete": kd.logit_cache.complete,
             "hint_student": hint.student.state_dict(),
             "hint_adapter": hint.terms[0].state_dict(),
             "hint_history": hint.history,

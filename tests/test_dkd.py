@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from kdlib import data, models
-from kdlib.distill import Batch, Distiller, seed_everything, train_supervised
+from kdlib.distill import Batch, Distiller, train_supervised
 from kdlib.losses import DKDLossParts, DKDTerm, dkd_loss, kl_divergence
+from kdlib.runtime import seed_everything
 
 
 def _tensors(n=5, c=6, seed=0, scale=2.0):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlib import models
-from kdlib.distill import Batch, Distiller, seed_everything
+from kdlib.distill import Batch, Distiller
 from kdlib.features import (
     AttentionTerm,
     FeatureTaps,
@@ -21,6 +21,7 @@ from kdlib.features import (
     module_names,
     resize_to,
 )
+from kdlib.runtime import seed_everything
 
 
 def _hook_count(model: nn.Module) -> int:

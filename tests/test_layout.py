@@ -159,7 +159,8 @@ def test_a_base_install_runs_the_library_and_names_the_extra_for_the_course(tmp_
         import kdlib
         assert "site-packages" in kdlib.__file__, kdlib.__file__
         from kdlib import data, models
-        from kdlib.distill import Distiller, seed_everything, train_supervised
+        from kdlib.distill import Distiller, train_supervised
+        from kdlib.runtime import seed_everything
         seed_everything(0)
         digits = data.load_digits()
         teacher = models.SmallCNN(width=8)

@@ -13,12 +13,13 @@ import torch
 
 from kdlib import data
 from kdlib.data import few_labels, from_arrays, stratified_split
-from kdlib.distill import Distiller, seed_everything, train_supervised
+from kdlib.distill import Distiller, train_supervised
 from kdlib.features import attention_transfer_loss, hint_loss
 from kdlib.losses import dkd_loss, kd_loss, logit_matching_loss
 from kdlib.metrics import accuracy, bias_for_rate, compare, correct_class_bias, predict
 from kdlib.models import MLP, SmallCNN
 from kdlib.relations import rkd_loss, similarity_preserving_loss
+from kdlib.runtime import seed_everything
 
 
 def _bars(n=320, seed=0):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from kdlib import lm
-from kdlib.distill import seed_everything
 from kdlib.models import TinyGPT
+from kdlib.runtime import seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "solutions" / "10_language_models" / "10_language_models.ipynb"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdlib.data import load_digits
-from kdlib.distill import Distiller, seed_everything, train_supervised
+from kdlib.distill import Distiller, train_supervised
 from kdlib.losses import kd_loss
 from kdlib.models import MLP, SmallCNN
 from kdlib.multi_teacher import (
@@ -18,6 +18,7 @@ from kdlib.multi_teacher import (
     teacher_ensemble,
     teacher_weights,
 )
+from kdlib.runtime import seed_everything
 
 
 def _tensors(n=6, c=5, k=3, seed=0):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kdlib import models
-from kdlib.distill import Batch, Distiller, seed_everything
+from kdlib.distill import Batch, Distiller
 from kdlib.relations import (
     RelationTerm,
     pairwise_distances,
@@ -17,6 +17,7 @@ from kdlib.relations import (
     similarity_matrix,
     similarity_preserving_loss,
 )
+from kdlib.runtime import seed_everything
 
 
 @pytest.fixture(scope="module")

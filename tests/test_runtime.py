@@ -35,11 +35,16 @@ def clean_env(monkeypatch):
 
 
 def test_thread_policy(clean_env):
+    # by the model's size (issue: 'mnist-t10k' gave every core to a tiny MLP), not the name
+    big, small = torch.nn.Linear(1000, 100), torch.nn.Linear(64, 10)  # 100,100 and 650 params
     assert runtime.resolve_threads(dataset="digits") == 1  # small models: one thread
     assert runtime.resolve_threads() == 1
-    assert runtime.resolve_threads(dataset="cifar10") == runtime.available_cpus()
+    assert runtime.resolve_threads(dataset="cifar10", model=big) == runtime.available_cpus()
+    assert runtime.resolve_threads(dataset="mnist-t10k", model=small) == 1
+    assert runtime.resolve_threads(model=runtime.SMALL_MODEL_PARAMETERS + 1) > 0
     clean_env.setenv("KDLIB_CPUS", "3")  # the share course run gives a kernel
-    assert runtime.available_cpus() == 3 and runtime.resolve_threads(dataset="mnist") == 3
+    assert runtime.available_cpus() == 3
+    assert runtime.resolve_threads(dataset="mnist", model=big) == 3
     assert runtime.resolve_threads(dataset="digits") == 1
     clean_env.setenv("KDLIB_THREADS", "2")  # the user's choice wins over the policy
     assert runtime.resolve_threads(dataset="digits") == 2
@@ -55,6 +60,25 @@ def test_thread_policy(clean_env):
     clean_env.setenv("KDLIB_CPUS", "0")
     with pytest.raises(ValueError, match="KDLIB_CPUS"):
         runtime.available_cpus()
+
+
+def test_training_loops_fit_the_threads_to_the_model_after_setup(clean_env):
+    from kdlib.distill import Distiller
+
+    before = torch.get_num_threads()
+    clean_env.setenv("KDLIB_CPUS", "3")
+    try:
+        runtime.setup("cpu", dataset="mnist-t10k")  # no model known yet: one thread
+        assert torch.get_num_threads() == 1
+        Distiller(torch.nn.Linear(1000, 100), device="cpu", progress=False)  # a big student
+        assert torch.get_num_threads() == 3
+        Distiller(torch.nn.Linear(64, 10), device="cpu", progress=False)  # a tiny one
+        assert torch.get_num_threads() == 1
+        runtime.setup("cpu", threads=2)  # a choice made by hand stands
+        Distiller(torch.nn.Linear(1000, 100), device="cpu", progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        runtime.setup("cpu", threads=before)
 
 
 def test_setup_sets_threads_and_returns_the_device(clean_env):

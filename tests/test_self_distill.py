@@ -5,9 +5,10 @@ import torch
 
 import kdlib.self_distill as self_distill
 from kdlib.data import Split, load_digits
-from kdlib.distill import seed_everything, train_supervised
+from kdlib.distill import train_supervised
 from kdlib.metrics import accuracy, predict
 from kdlib.models import MLP
+from kdlib.runtime import seed_everything
 from kdlib.self_distill import born_again, ensemble_predictions
 
 

@@ -63,7 +63,7 @@ class _DeviceCommand:
     def main(args) -> int:
         import torch
 
-        from kdlib.distill import pick_device
+        from kdlib.runtime import pick_device
 
         device = pick_device("auto")
         detail = torch.cuda.get_device_name(device) if device.type == "cuda" else ""

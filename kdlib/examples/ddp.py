@@ -30,8 +30,10 @@ import torch
 
 from kdlib import distributed as kdist
 from kdlib.data import load_digits
-from kdlib.distill import Distiller, evaluate, pick_device, seed_everything, train_supervised
+from kdlib.distill import Distiller, train_supervised
+from kdlib.metrics import evaluate
 from kdlib.models import MLP, SmallCNN
+from kdlib.runtime import pick_device, seed_everything
 
 
 def parse_args(argv=None) -> argparse.Namespace:

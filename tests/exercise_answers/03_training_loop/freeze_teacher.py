@@ -40,7 +40,7 @@ import kdlib.distill
 def freeze_teacher(model):
     model.eval().requires_grad_(False)
     for m in model.modules():
-        m.train = types.MethodType(kdlib.distill._stay_in_eval, m)
+        m.train = types.MethodType(kdlib.distill.stay_in_eval, m)
     return model
 
 # %% bug: eval and requires_grad only, a parent's .train() unfreezes it
