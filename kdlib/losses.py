@@ -460,9 +460,10 @@ def dkd_loss(
         _check_dkd_inputs(student_logits, teacher_logits, labels, tckd_weight, nckd_weight)
     if labels is None:
         raise ValueError("DKD needs the labels: its two terms are split at the target class")
-    num_classes = student_logits.shape[1]
     labels = labels.long()
-    target = F.one_hot(labels, num_classes).bool()  # (N, C)
+    target = torch.zeros_like(student_logits, dtype=torch.bool).scatter_(
+        1, labels[:, None], True
+    )  # (N, C)
     tau2 = temperature * temperature
 
     def parts(logits):

@@ -185,3 +185,111 @@ def test_a_base_install_runs_the_library_and_names_the_extra_for_the_course(tmp_
     device = subprocess.run([kdlib_cmd, "device"], capture_output=True, text=True, env=env,
                             cwd=tmp_path)
     assert device.returncode == 0 and "kdlib uses cpu" in device.stdout, device.stderr
+
+
+# ------------------------------------------------------------------ how the modules import
+
+
+def _kdlib_modules() -> dict[str, Path]:
+    """Every module of the kdlib package, by dotted name (``kdlib.course.run``, ...)."""
+    out = {}
+    for path in sorted((ROOT / "kdlib").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(modules: dict[str, Path]):
+    """``(edges, private)``: ``edges[a]``, the kdlib modules ``a`` imports (at any depth of its
+    code: a lazy import inside a function is an import too); ``private``, every
+    ``(importer, "module.name")`` for a ``_name`` taken from another module."""
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    private = []
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges[name] |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                    + ([base] if base else []))
+                if base not in modules:
+                    continue
+                for alias in node.names:
+                    if f"{base}.{alias.name}" in modules:  # a submodule
+                        edges[name].add(f"{base}.{alias.name}")
+                        continue
+                    edges[name].add(base)
+                    is_dunder = alias.name.startswith("__") and alias.name.endswith("__")
+                    if alias.name.startswith("_") and not is_dunder and base != name:
+                        private.append((name, f"{base}.{alias.name}"))
+    for name in edges:  # a module's own package is not a dependency of it
+        edges[name] = {m for m in edges[name] if m != name and not name.startswith(m + ".")}
+    return edges, private
+
+
+def _circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+# Known cases owned by work running in parallel with this test's; delete each entry when its
+# work lands (the test then holds it to the rule like everything else).
+KNOWN_CIRCLES = [
+    ["kdlib.course.report", "kdlib.course.run"],  # untangled by the course-report work
+]
+KNOWN_PRIVATE_IMPORTS = [
+    ("kdlib.course.release", "kdlib.course.grade._ensure_alembic_on_path"),  # split by the
+    # grading work
+]
+
+
+def test_no_module_of_kdlib_imports_another_in_a_circle():
+    edges, _ = _imports(_kdlib_modules())
+    assert {"kdlib.runtime", "kdlib.distill", "kdlib.metrics"} <= set(edges)
+    assert "kdlib.runtime" in edges["kdlib.distill"]  # the graph does see imports
+    circles = [c for c in _circles(edges) if c not in KNOWN_CIRCLES]
+    assert not circles, f"modules importing each other (directly or through others): {circles}"
+
+
+def test_no_module_of_kdlib_imports_a_private_name_of_another():
+    _, private = _imports(_kdlib_modules())
+    bad = [p for p in private if p not in KNOWN_PRIVATE_IMPORTS]
+    assert not bad, f"private names imported across modules (make them public or move them): {bad}"
+
+
+def test_the_import_checks_can_fail():
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _circles(edges) == [["a", "b", "c"]]
+    modules = {"kdlib.x": ROOT / "kdlib" / "losses.py", "kdlib.y": ROOT / "kdlib" / "metrics.py"}
+    assert _circles({"kdlib.x": {"kdlib.y"}, "kdlib.y": set()}) == []
+    assert _imports(modules)[1] == []

@@ -205,3 +205,95 @@ def test_bad_inputs_are_named():
         kd_loss(s, inf, y)
     with pytest.raises(ValueError, match="labels=None needs alpha=0"):
         kd_loss(s, t, None, alpha=0.5)
+
+
+# --- one formula per loss: check=False is the same code without the checks ------------------
+
+
+class _Syncs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops that make the host wait for the device (read a value back, or size an
+    output by the values): ``_local_scalar_dense`` (``.item()``, ``bool(t)``), ``nonzero``..."""
+
+    SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.SYNC_OPS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _every_loss():
+    """``name -> (loss(inputs..., check=...) -> scalar, inputs)`` for every loss of kdlib that
+    takes ``check``; the first input of each carries the gradient compared below."""
+    from kdlib.features import attention_transfer_loss, hint_loss, make_adapter
+    from kdlib.losses import dkd_loss
+    from kdlib.online import dml_losses
+    from kdlib.relations import rkd_loss, similarity_preserving_loss
+
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(8, 5, generator=g) * 2, torch.randn(8, 5, generator=g) * 3
+    y = torch.randint(0, 5, (8,), generator=g)
+    y_some = y.clone()
+    y_some[2] = IGNORE_INDEX
+    fs, ft = torch.randn(8, 4, 6, 6, generator=g), torch.randn(8, 6, 3, 3, generator=g)
+    torch.manual_seed(0)
+    adapter = make_adapter(4, 6, kind="conv")
+    return {
+        "kd": (lambda z, check: kd_loss(z, t, y_some, 4.0, 0.3, check=check), s),
+        "kd_no_labels": (lambda z, check: kd_loss(z, t, None, 2.0, 0.0, check=check), s),
+        "hard": (lambda z, check: hard_loss(z, y_some.int(), 0.1, check=check), s),
+        "soft": (lambda z, check: soft_loss(z, t, 3.0, check=check), s),
+        "dkd": (lambda z, check: dkd_loss(z, t, y, 1.0, 8.0, 4.0, check=check), s),
+        "dml": (
+            lambda z, check: sum(dml_losses([z, t, s * 0.5], y_some, 2.0, 0.4, check=check)),
+            s,
+        ),
+        "hint": (lambda f, check: hint_loss(f, ft, adapter, check=check), fs),
+        "attention": (lambda f, check: attention_transfer_loss(f, ft, check=check), fs),
+        "rkd": (lambda e, check: rkd_loss(e, t, check=check), s),
+        "similarity_preserving": (
+            lambda f, check: similarity_preserving_loss(f, ft, check=check),
+            fs,
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_every_loss()))
+def test_unchecked_loss_equals_checked_loss_value_and_gradient(name):
+    loss, first = _every_loss()[name]
+    results = {}
+    for check in (True, False):
+        z = first.clone().requires_grad_(True)
+        value = loss(z, check)
+        value.backward()
+        results[check] = (value.detach(), z.grad)
+    assert torch.equal(results[True][0], results[False][0]), name  # the same code: bit for bit
+    assert torch.equal(results[True][1], results[False][1]), name
+    assert results[True][1].abs().sum() > 0  # the gradient does reach the input
+
+
+@pytest.mark.parametrize("name", sorted(_every_loss()))
+def test_unchecked_loss_never_waits_for_the_device(name):
+    loss, first = _every_loss()[name]
+    z = first.clone().requires_grad_(True)
+    with _Syncs() as unchecked:
+        loss(z, False).backward()
+    with _Syncs() as checked:
+        loss(z.detach().clone().requires_grad_(True), True)
+    assert unchecked.count == 0, f"{name}: {unchecked.count} host-device synchronisations"
+    assert checked.count > 0  # the checks do read values back (so the count can fail)
+
+
+def test_the_checks_run_only_when_asked():
+    s, t, y = _tensors()
+    bad = s.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="student_logits"):
+        kd_loss(bad, t, y, check=True)
+    assert torch.isnan(kd_loss(bad, t, y, check=False))  # same formula, NaN flows through
+    with pytest.raises(ValueError, match="labels out of range"):
+        hard_loss(s, torch.full_like(y, 9))

@@ -13,8 +13,8 @@ def normalised_distances(emb):
     off = ~torch.eye(len(emb), dtype=torch.bool)
     return d / d[off].mean()
 
-# %% kdlib: kdlib's private normalisation
-from kdlib.relations import _normalised_distances as normalised_distances
+# %% kdlib: kdlib's normalisation (normalised_distances)
+from kdlib.relations import normalised_distances
 
 # %% bug: the mean includes the zero diagonal
 def normalised_distances(emb):

@@ -13,12 +13,12 @@ def bane_log_probs(logits_list):
 def bane_log_probs(logits_list):
     return combine_logits(logits_list, temperature=1.0)
 
-# %% kdlib: kdlib's private log-space ensemble
-from kdlib.multi_teacher import _log_ensemble
+# %% kdlib: kdlib's log-space ensemble (log_ensemble_targets)
+from kdlib.multi_teacher import log_ensemble_targets
 
 
 def bane_log_probs(logits_list):
-    return _log_ensemble(logits_list, 1.0, None, "max_prob")
+    return log_ensemble_targets(logits_list, 1.0, None, "max_prob")
 
 # %% bug: the logits averaged instead of the probabilities
 def bane_log_probs(logits_list):
