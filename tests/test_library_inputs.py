@@ -359,3 +359,124 @@ def test_logit_matching_limit_in_float64():
     assert gaps[1e4] < 1e-4 < gaps[10.0]
     float32 = kd_loss(s, t, None, temperature=1e4, alpha=0.0).item()
     assert abs(float32 - limit) / limit > 1e-2  # float32 cancellation, as the docstring says
+
+
+# ------------------------------------------------- traps a person with their own data meets
+
+
+def _tiny_split(n=40, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return data.Split(torch.randn(n, 6, generator=g), torch.arange(n) % classes)
+
+
+@pytest.mark.parametrize(
+    "classes, match",
+    [
+        ([10], "class 10 has no sample"),
+        (["3"], "'3'"),
+        ([1.0], "1.0"),
+        ("3", "'3'"),
+        ([True], "True"),
+    ],
+)
+def test_omit_classes_refuses_classes_it_would_silently_ignore(classes, match):
+    with pytest.raises(ValueError, match="classes") as err:
+        data.omit_classes(_tiny_split(), classes)
+    assert match in str(err.value)
+
+
+def test_omit_classes_takes_one_int_or_several():
+    split = _tiny_split()
+    one = data.omit_classes(split, 3)
+    assert len(one) == 30 and not bool((one.y == 3).any())
+    assert len(data.omit_classes(split, np.array([0, 3]))) == 20
+    assert len(data.omit_classes(split, (np.int64(1),))) == 30
+
+
+def test_a_split_is_accepted_wherever_a_loader_is():
+    from kdlib.online import mutual_learning
+
+    seed_everything(0)
+    split = _tiny_split(64)
+    history = train_supervised(MLP(6, (8,), 4), split, epochs=2, val_loader=split, progress=False)
+    assert len(history) == 2 and "val_accuracy" in history[-1]
+    kd = Distiller(MLP(6, (8,), 4), MLP(6, (8,), 4), device="cpu", progress=False)
+    kd.fit(split, epochs=1, val_loader=(split.x, split.y))
+    kd.fit(split, epochs=2)  # the same split: the same loader, continued (no fresh shuffle)
+    assert kd.epoch == 2 and kd._data[0] is split
+    cached = Distiller(MLP(6, (8,), 4), MLP(6, (8,), 4), cache_teacher=True, progress=False)
+    cached.fit(split, epochs=2)  # a split becomes a loader with indices for the cache
+    assert cached.logit_cache.complete
+    assert len(mutual_learning([MLP(6, (8,), 4), MLP(6, (5,), 4)], split, epochs=1,
+                               device="cpu", progress=False)[0]) == 1
+
+
+def test_an_empty_validation_split_gives_an_error_not_an_accuracy_of_zero():
+    split = _tiny_split(32)
+    empty = split.subset([])
+    with pytest.raises(ValueError, match="val_loader has no sample"):
+        train_supervised(MLP(6, (8,), 4), split, epochs=1, val_loader=empty, progress=False)
+    from kdlib.metrics import evaluate
+
+    with pytest.raises(ValueError, match="no labelled sample"):
+        evaluate(MLP(6, (8,), 4), empty)
+
+
+def test_correct_class_bias_takes_a_numpy_array():
+    seed_everything(0)
+    model = MLP(6, (8,), 4)
+    inputs = np.random.default_rng(0).normal(size=(200, 6))  # float64, as numpy makes them
+    delta = correct_class_bias(model, inputs, target_class=1, rate=0.25)
+    logits, _ = predict(model, (torch.as_tensor(inputs, dtype=torch.float32), torch.zeros(200)))
+    assert math.isfinite(delta) and abs((logits.argmax(1) == 1).float().mean().item() - 0.25) < 0.01
+    with pytest.raises(ValueError, match="inputs"):
+        correct_class_bias(model, np.array(["a", "b"]), target_class=1, rate=0.25)
+
+
+def test_from_arrays_reads_a_read_only_buffer_without_a_warning(recwarn):
+    x, y = _bars(80)
+    x_ro, y_ro = np.frombuffer(x.tobytes(), dtype=np.uint8).reshape(x.shape), y.copy()
+    y_ro.setflags(write=False)
+    assert not x_ro.flags.writeable
+    splits = from_arrays(x_ro, y_ro)
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 80
+    assert not [w for w in recwarn if "writable" in str(w.message)]
+
+
+def test_confusion_matrix_and_per_class_recall():
+    from kdlib.metrics import confusion_matrix, per_class_recall
+
+    logits = torch.eye(4)[[0, 1, 1, 2, 2, 2, 3, 0]] * 5  # predictions 0 1 1 2 2 2 3 0
+    labels = torch.tensor([0, 1, 2, 2, 2, -1, 3, 3])  # one unlabelled sample: skipped
+    m = confusion_matrix(logits, labels)
+    assert m.tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 2, 0], [1, 0, 0, 1]]
+    recall = per_class_recall(logits, labels)
+    assert recall.tolist() == pytest.approx([1.0, 1.0, 2 / 3, 0.5])
+    omitted = per_class_recall(logits, torch.tensor([0, 1, 1, 1, 1, 1, 0, 0]))
+    assert math.isnan(omitted[2].item()) and math.isnan(omitted[3].item())  # no sample: NaN
+
+
+def test_reprs_are_short():
+    split = few_labels(_tiny_split(400, classes=10), 20)
+    text = repr(split)
+    assert len(text) < 120 and "labelled=20" in text and "tensor(" not in text, text
+    assert len(repr(split.loader(32))) < 100
+    from kdlib.logit_cache import TeacherLogitCache
+    from kdlib.training import FirstBatchCheck
+
+    assert len(repr(TeacherLogitCache(torch.device("cpu")))) < 80
+    assert repr(FirstBatchCheck()) == "FirstBatchCheck(pending=True)"
+
+
+def test_seeding_reaches_the_loaders_shuffles():
+    split = _tiny_split(64)
+    orders = []
+    for seed in (1, 2, 1):
+        seed_everything(seed)
+        orders.append(torch.cat([b[1] for b in split.loader(8, shuffle=True, return_index=True)]))
+    assert not torch.equal(orders[0], orders[1])  # two seeds, two orders
+    assert torch.equal(orders[0], orders[2])  # the same seed, the same order
+    seed_everything(2)
+    fixed = torch.cat([b[1] for b in split.loader(8, shuffle=True, seed=1)])
+    seed_everything(1)
+    assert torch.equal(fixed, torch.cat([b[1] for b in split.loader(8, shuffle=True)]))
