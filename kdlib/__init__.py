@@ -11,14 +11,18 @@ Modules, each named for what it holds:
 - ``kdlib.data``     the embedded digits dataset, torchvision datasets, transfer-set helpers
 - ``kdlib.models``   MLPs, small CNNs and the CIFAR ResNets of the KD literature
 - ``kdlib.lm``       language models: per-token KD losses, sequence-level and on-policy KD
-- ``kdlib.distill``  device and seed helpers, ``freeze``, ``train_supervised``, ``Distiller``
+- ``kdlib.distill``  ``freeze``, ``train_supervised``, ``Distiller``
+- ``kdlib.training`` what the training loops share: the first-batch check, Adam, checkpoints
+- ``kdlib.logit_cache`` ``TeacherLogitCache``: the teacher's logits, computed once per sample
 - ``kdlib.distributed`` torchrun helpers: process group, rank, sharding, all-reduce (DDP)
-- ``kdlib.metrics``  accuracy, agreement, calibration, teacher-to-student KL
+- ``kdlib.metrics``  ``evaluate``, accuracy, per-class recall, confusion matrix, agreement,
+                     calibration, teacher-to-student KL
 - ``kdlib.efficiency`` parameters, latency, throughput and activation memory
 - ``kdlib.exercises`` ``blocked``: graded tests switch off kdlib's own version of an exercise
 - ``kdlib.examples``  runnable scripts (``python -m kdlib.examples.ddp``)
-- ``kdlib.runtime``  ``setup``: the device and the CPU thread policy; when progress bars show
-- ``kdlib.teacher_cache`` ``train_teacher``: a teacher trained once, loaded from disk after
+- ``kdlib.runtime``  ``setup``: the device, seeds, the CPU thread policy (by model size);
+                     when progress bars show
+- ``kdlib.teacher_cache`` ``train_teacher``: a *trained teacher* kept on disk, loaded after
 
 The course machinery (``kdlib course run``, ``kdlib grade``, ``kdlib release``, the results files
 the notebooks write) is the subpackage ``kdlib.course``; it needs the ``course`` extra, and no
