@@ -135,42 +135,33 @@ class Distiller:
 
     Args:
         student: the model being trained.
-        teacher: a trained model, frozen here (see :func:`freeze`); a list of teachers needs
-            ``combine_teachers`` (``combine(list of (B, C) logits) -> (B, C)``, see
+        teacher: a trained model, frozen here (:func:`freeze`); a list of teachers needs
+            ``combine_teachers`` (list of ``(B, C)`` logits -> ``(B, C)``, see
             ``kdlib.multi_teacher``); ``None`` trains on the labels alone, in the same loop.
         temperature, alpha: of :func:`kdlib.losses.kd_loss`; **alpha weights the hard term**.
-        loss: replaces ``kd_loss``: ``loss(student_logits, teacher_logits, labels)`` returning
-            a scalar or ``KDLossParts`` (``teacher_logits`` is None without a teacher). A loss
-            with a ``check`` keyword gets ``check=False`` after a loader's first batch.
+        loss: replaces ``kd_loss``: ``loss(student_logits, teacher_logits, labels)`` -> a scalar
+            or ``KDLossParts``; one with a ``check`` keyword gets ``check=False`` after a
+            loader's first batch (``self.first_batch``, see ``kdlib.training``).
         terms: extra loss terms (see the module docstring), added as ``term.weight * term(b)``.
-        optimizer: an optimizer over the student's (and the terms') parameters, or a factory
-            ``params -> optimizer``; default :func:`kdlib.training.adam` (``lr``,
-            ``weight_decay``). lr_schedule: a factory ``optimizer -> scheduler``, stepped per epoch.
-        device: where to train (default :func:`kdlib.runtime.pick_device`); on CUDA a
-            ``TensorLoader`` over host tensors taking at most a quarter of the free memory is
-            copied there once (``TensorLoader.to``).
-        amp, channels_last: bf16 autocast (losses stay float32) and channels-last on CUDA only.
-        cache_teacher: compute the teacher's logits once per training sample and look them up
-            every later epoch (:class:`kdlib.logit_cache.TeacherLogitCache`): needs batches
-            ``(x, y, index)`` and no random transform, and is refused with ``augment``.
+        optimizer, lr, weight_decay, lr_schedule: an optimizer or a factory ``params -> opt``
+            (default: fused Adam, ``kdlib.training.adam``); a factory ``opt -> scheduler``.
+        device: default :func:`kdlib.runtime.pick_device`; on CUDA a ``TensorLoader`` over host
+            tensors that fit is copied there once (``kdlib.data.on_device``).
+        amp, channels_last: bf16 autocast (losses stay float32) and channels-last, CUDA only.
+        cache_teacher: the teacher's logits computed once per training sample and looked up
+            later (``kdlib.logit_cache.TeacherLogitCache``): needs batches ``(x, y, index)``.
         augment: consistent teaching (Beyer et al., "Knowledge distillation: A good teacher
             is patient and consistent", CVPR 2022, arXiv:2106.05237): ``x -> x'`` applied to
-            each training batch on the device, so teacher and student see the same view.
-        label_smoothing: for the hard term when there is no teacher.
-        progress: a tqdm bar; ``None``: where a person watches (``kdlib.runtime.progress_enabled``).
-        distributed: ``"auto"``, ``True`` or ``False``: whether to train on the ranks of a
-            ``torch.distributed`` group (see ``kdlib.distributed.join_process_group`` and the
-            module docstring).
+            each batch on the device, so teacher and student see the same view.
+        label_smoothing: of the hard term when there is no teacher. progress: a tqdm bar
+            (``None``: where a person watches, ``kdlib.runtime.progress_enabled``).
+        distributed: ``"auto"``, ``True`` or ``False`` (``kdlib.distributed.join_process_group``).
 
-    ``fit`` takes a loader, a ``kdlib.data.Split`` or an ``(x, y)`` pair. After it, ``history``
-    holds one dict per epoch: ``epoch``, ``train_loss`` (and ``train_hard``, ``train_soft``,
-    one entry per term), ``val_loss``, ``val_accuracy``, ``seconds``.
-
-    Speed (``benchmarks/README.md``): no host-device synchronisation per step. The losses check
-    their inputs on the first batch of each loader and run unchecked afterwards
-    (``self.first_batch``, a :class:`kdlib.training.FirstBatchCheck`); an epoch whose mean loss
-    is not finite then raises ``ValueError``. The per-step losses stay on the device and are
-    read back once per epoch.
+    ``fit`` takes a loader, a ``kdlib.data.Split`` or an ``(x, y)`` pair; ``history`` then holds
+    one dict per epoch: ``epoch``, ``train_loss`` (``train_hard``, ``train_soft``, one entry per
+    term), ``val_loss``, ``val_accuracy``, ``seconds``. No step reads a value back from the
+    device (``benchmarks/README.md``): the losses are read once per epoch, and an epoch whose
+    mean loss is not finite raises ``ValueError`` (the unchecked steps' safety net).
     """
 
     def __init__(
@@ -197,12 +188,20 @@ class Distiller:
         distributed: bool | str = "auto",
     ):
         self.world_size, self.rank = kdist.join_process_group(distributed)
-        self._place_on_device(student, device, amp, channels_last)
-        self._freeze_teachers(teacher, combine_teachers)
+        self._place_models(student, teacher, combine_teachers, device, amp, channels_last)
         self._choose_loss(loss, temperature, alpha, label_smoothing)
         self._attach_terms(terms)
-        self._wrap_for_ddp()
-        self._plan_teacher_cache(cache_teacher, augment)
+        # the module of the training forward pass (the student in DistributedDataParallel with
+        # several ranks) and the terms' parameters, whose gradients are averaged over the ranks
+        self._train_student, self._term_params = kdist.wrap_for_training(
+            self.student, self.terms, self.device, self.world_size
+        )
+        if augment is not None and not callable(augment):
+            raise ValueError(f"augment must be a function x -> x', got {augment!r}")
+        self.augment, self.cache_teacher = augment, bool(cache_teacher)
+        if self.cache_teacher:
+            TeacherLogitCache.check_usable(augment, self.teachers, self.teacher_feature_names)
+        self.logit_cache = TeacherLogitCache(self.device) if self.cache_teacher else None
         self.optimizer = make_optimizer(optimizer, self.trainable_parameters(), lr, weight_decay)
         self.scheduler = lr_schedule(self.optimizer) if lr_schedule is not None else None
         self.progress = progress_enabled(progress)
@@ -214,29 +213,28 @@ class Distiller:
 
     # --- construction, step by step ---------------------------------------------------------
 
-    def _place_on_device(self, student, device, amp, channels_last) -> None:
-        self.device = pick_device(device if device is not None else "auto")
+    def _place_models(self, student, teacher, combine_teachers, device, amp, channels_last):
+        """The device (``cuda:LOCAL_RANK`` under torchrun), the student and the teachers moved
+        there, the teachers frozen (see :func:`freeze`); several need ``combine_teachers``."""
+        self.device = pick_device(device)
         if self.world_size > 1:  # one GPU per process: cuda:LOCAL_RANK
             self.device = kdist.local_device(self.device)
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)  # where NCCL's collectives run
         self.use_amp = bool(amp) and self.device.type == "cuda"
         self.channels_last = bool(channels_last) and self.device.type == "cuda"
-        self.student = student.to(self.device)
-        if self.channels_last:
-            self.student = self.student.to(memory_format=torch.channels_last)
-
-    def _freeze_teachers(self, teacher, combine_teachers) -> None:
+        self.student = student
         self.teachers = [teacher] if isinstance(teacher, nn.Module) else list(teacher or [])
         if len(self.teachers) > 1 and combine_teachers is None:
             raise ValueError(
                 f"{len(self.teachers)} teachers were given: pass combine_teachers (e.g. "
                 f"kdlib.multi_teacher.average_logits) to say how to combine them"
             )
-        for t in self.teachers:
-            t.to(self.device)
+        for model in [student, *self.teachers]:
+            model.to(self.device)
             if self.channels_last:
-                t.to(memory_format=torch.channels_last)
+                model.to(memory_format=torch.channels_last)
+        for t in self.teachers:
             freeze(t)
         self.combine_teachers = combine_teachers
 
@@ -257,36 +255,20 @@ class Distiller:
 
     def _attach_terms(self, terms) -> None:
         self.terms = list(terms)
-        self.term_names = [
-            getattr(t, "name", None) or f"{type(t).__name__.lower()}{k}"
-            for k, t in enumerate(self.terms)
-        ]
         for term in self.terms:
             if not hasattr(term, "weight"):
                 raise ValueError(f"term {term!r} has no 'weight' attribute")
             if isinstance(term, nn.Module):
                 term.to(self.device)
+        self.term_names = [
+            getattr(t, "name", None) or f"{type(t).__name__.lower()}{k}"
+            for k, t in enumerate(self.terms)
+        ]
         tapped = lambda side: sorted({n for t in self.terms for n in getattr(t, side, ())})  # noqa: E731
         self.student_feature_names = tapped("student_features")
         self.teacher_feature_names = tapped("teacher_features")
         if self.teacher_feature_names and len(self.teachers) != 1:
             raise ValueError("terms that tap teacher features need exactly one teacher")
-
-    def _wrap_for_ddp(self) -> None:
-        """The module of the training forward pass (the student in ``DistributedDataParallel``
-        with several ranks) and the terms' parameters whose gradients are averaged."""
-        self._train_student, self._term_params = kdist.wrap_for_training(
-            self.student, self.terms, self.device, self.world_size
-        )
-
-    def _plan_teacher_cache(self, cache_teacher, augment) -> None:
-        if augment is not None and not callable(augment):
-            raise ValueError(f"augment must be a function x -> x', got {augment!r}")
-        self.augment, self.cache_teacher = augment, bool(cache_teacher)
-        self.logit_cache = None
-        if self.cache_teacher:
-            TeacherLogitCache.check_usable(augment, self.teachers, self.teacher_feature_names)
-            self.logit_cache = TeacherLogitCache(self.device)
 
     # --- parameters and state ---------------------------------------------------------------
 
@@ -488,7 +470,7 @@ class Distiller:
             self._data = kept = (data, getattr(data, "x", None), loader)
         return kept[2]
 
-    def _checkpoint_exists(self, path) -> bool:
+    def _checkpoint_exists(self, path) -> bool:  # (rank 0's answer, with several ranks)
         exists = Path(path).exists()
         return kdist.broadcast_object(exists) if self.world_size > 1 else exists
 
