@@ -127,7 +127,9 @@ def _takes_check(loss: Callable) -> bool:
 
 
 def _size(data) -> int:
-    return len(data[1]) if isinstance(data, (tuple, list)) else len(data)
+    """Samples in an ``(x, y)`` pair, else batches (a loader) or samples (a ``Split``)."""
+    pair = isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0])
+    return len(data[1]) if pair else len(data)
 
 
 class Distiller:

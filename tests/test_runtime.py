@@ -36,7 +36,7 @@ def clean_env(monkeypatch):
 
 def test_thread_policy(clean_env):
     # by the model's size (issue: 'mnist-t10k' gave every core to a tiny MLP), not the name
-    big, small = torch.nn.Linear(1000, 100), torch.nn.Linear(64, 10)  # 100,100 and 650 params
+    big, small = torch.nn.Linear(1000, 1001), torch.nn.Linear(64, 10)  # 1,002,001 and 650
     assert runtime.resolve_threads(dataset="digits") == 1  # small models: one thread
     assert runtime.resolve_threads() == 1
     assert runtime.resolve_threads(dataset="cifar10", model=big) == runtime.available_cpus()
@@ -70,12 +70,12 @@ def test_training_loops_fit_the_threads_to_the_model_after_setup(clean_env):
     try:
         runtime.setup("cpu", dataset="mnist-t10k")  # no model known yet: one thread
         assert torch.get_num_threads() == 1
-        Distiller(torch.nn.Linear(1000, 100), device="cpu", progress=False)  # a big student
+        Distiller(torch.nn.Linear(1000, 1001), device="cpu", progress=False)  # a big student
         assert torch.get_num_threads() == 3
         Distiller(torch.nn.Linear(64, 10), device="cpu", progress=False)  # a tiny one
         assert torch.get_num_threads() == 1
         runtime.setup("cpu", threads=2)  # a choice made by hand stands
-        Distiller(torch.nn.Linear(1000, 100), device="cpu", progress=False)
+        Distiller(torch.nn.Linear(1000, 1001), device="cpu", progress=False)
         assert torch.get_num_threads() == 2
     finally:
         runtime.setup("cpu", threads=before)
