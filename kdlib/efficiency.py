@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from kdlib.models import count_parameters, model_size_bytes
+from kdlib.runtime import device_of
 
 __all__ = [
     "ActivationMemory",
@@ -46,12 +47,6 @@ __all__ = [
     "synchronize",
     "throughput",
 ]
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -95,7 +90,7 @@ def measure_latency(
     and is bracketed by a device synchronisation; ``warmup`` calls are run untimed first.
     """
     shape = _check_shape(input_shape, batch_size, repeats, warmup)
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     x = torch.rand((batch_size, *shape), generator=torch.Generator().manual_seed(0)).to(device)
     was_training = model.training
     model.eval()
@@ -170,7 +165,7 @@ def activation_memory(
     ``torch.relu`` call, a residual addition) are not modules and are not counted.
     """
     shape = _check_shape(input_shape, batch_size, 1, 0)
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     leaves = [m for m in model.modules() if not list(m.children())]
     if not leaves:
         raise ValueError(f"{type(model).__name__} has no leaf modules to hook")
@@ -212,7 +207,7 @@ def flops(
     shape = _check_shape(input_shape, batch_size, 1, 0)
     from torch.utils.flop_counter import FlopCounterMode
 
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     was_training = model.training
     model.eval()
     try:

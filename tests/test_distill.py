@@ -265,3 +265,49 @@ def test_integer_labels_of_any_width_train_and_evaluate(digits, quick_teacher):
         metrics = evaluate(student, (digits.val.x, digits.val.y.to(dtype)))
         results.append((history[-1]["train_loss"], metrics["accuracy"]))
     assert results[1] == pytest.approx(results[0]) and results[2] == pytest.approx(results[0])
+
+
+class _Syncs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops that read a value back to the host (a device synchronisation on a GPU)."""
+
+    SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.SYNC_OPS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_every_loss_and_term_checks_the_first_batch_of_a_loader_only():
+    """One mechanism for all (Distiller.first_batch): the default loss and every kind of term
+    (DKD, hints, attention, relations) check the first batch of a loader and none after it."""
+    from kdlib.features import AttentionTerm, HintTerm
+    from kdlib.losses import DKDTerm
+    from kdlib.relations import RelationTerm
+
+    def syncs(n_batches, epochs=1):
+        seed_everything(0)
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.rand(16 * n_batches, 1, 8, 8, generator=g), torch.arange(16 * n_batches) % 10
+        terms = [
+            DKDTerm(weight=0.5),
+            HintTerm("block1", "block1", 4, 8, weight=0.1),
+            AttentionTerm([("block2", "block2")], weight=0.1),
+            RelationTerm("block2", "block2", kind="sp", weight=0.1),
+        ]
+        teacher = models.SmallCNN(1, 10, width=8, depth=2)
+        kd = Distiller(models.SmallCNN(1, 10, width=4, depth=2), teacher, terms=terms,
+                       device="cpu", progress=False)
+        loader = data.TensorLoader(x, y, batch_size=16, shuffle=True, seed=0)
+        with _Syncs() as counter:
+            kd.fit(loader, epochs=epochs)
+        assert not kd.first_batch.pending
+        return counter.count
+
+    short, long, again = syncs(2), syncs(6), syncs(2, epochs=3)
+    assert short > 0  # the first batch is checked
+    assert long == short and again == short  # later batches and epochs add no check
