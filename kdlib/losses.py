@@ -110,7 +110,12 @@ def check_alpha(alpha: float) -> None:
 
 def _float(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32, or float64 if it already is: losses never compute in bf16/fp16."""
-    return x if x.dtype == torch.float64 else x.float()
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _no_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x`` detached (a teacher's logits carry no gradient); as is when it has none."""
+    return x.detach() if x.requires_grad else x
 
 
 def check_logits(logits: torch.Tensor, name: str = "logits") -> None:
@@ -234,7 +239,7 @@ def soft_loss(
         check_temperature(temperature)
         _check_pair(student_logits, teacher_logits)
     log_p_s = torch.log_softmax(_float(student_logits) / temperature, dim=1)
-    log_p_t = torch.log_softmax(_float(teacher_logits.detach()) / temperature, dim=1)
+    log_p_t = torch.log_softmax(_float(_no_grad(teacher_logits)) / temperature, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
     return kl * (temperature * temperature)
 
@@ -255,7 +260,7 @@ def hard_loss(
     if check:
         check_logits(student_logits, "student_logits")
         labels = _check_labels(labels, student_logits)
-    labels = labels.long()  # no copy when they already are int64
+    labels = labels if labels.dtype == torch.int64 else labels.long()
     total = F.cross_entropy(
         _float(student_logits),
         labels,
