@@ -13,8 +13,9 @@ policy**:
 3. else **by the size of the model**: one thread for a model of at most
    ``SMALL_MODEL_PARAMETERS`` (1,000,000) parameters, whatever the dataset is called (the
    course's MLPs and CNNs have 2,000 to 100,000, resnet8 78,000), and the cores this process
-   may use for a bigger one (resnet8x4, 1.2M, where a quiet multi-core machine gains): ``KDLIB_CPUS`` when set (``kdlib course run --jobs N`` sets it to each
-   kernel's share), else every core of the process's CPU affinity. ``setup`` sets one thread
+   may use for a bigger one (resnet8x4, 1.2M, where a quiet multi-core machine gains):
+   ``KDLIB_CPUS`` when set (``kdlib course run --jobs N`` sets it to each kernel's share),
+   else every core of the process's CPU affinity. ``setup`` sets one thread
    (no model is known yet); the training loops (``Distiller``, ``mutual_learning``) then call
    :func:`fit_threads_to` with their models, which raises the count for a big model, but only
    after ``setup`` chose by step 3 (an explicit choice, or no ``setup`` at all, is left alone).

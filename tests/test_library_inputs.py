@@ -407,8 +407,14 @@ def test_a_split_is_accepted_wherever_a_loader_is():
     cached = Distiller(MLP(6, (8,), 4), MLP(6, (8,), 4), cache_teacher=True, progress=False)
     cached.fit(split, epochs=2)  # a split becomes a loader with indices for the cache
     assert cached.logit_cache.complete
-    assert len(mutual_learning([MLP(6, (8,), 4), MLP(6, (5,), 4)], split, epochs=1,
-                               device="cpu", progress=False)[0]) == 1
+    assert (
+        len(
+            mutual_learning(
+                [MLP(6, (8,), 4), MLP(6, (5,), 4)], split, epochs=1, device="cpu", progress=False
+            )[0]
+        )
+        == 1
+    )
 
 
 def test_an_empty_validation_split_gives_an_error_not_an_accuracy_of_zero():
