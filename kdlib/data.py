@@ -57,6 +57,7 @@ __all__ = [
     "download",
     "as_batches",
     "on_device",
+    "tensor_pair",
     "training_loader",
 ]
 
@@ -264,13 +265,38 @@ def _loader_seed(seed: int | None) -> int:
     return int(seed)
 
 
-def as_batches(data, batch_size: int = 512):
-    """Yield ``(x, y)`` from ``data``: a loader yielding ``(x, y[, index])``, a :class:`Split`
-    (in order, ``batch_size`` at a time) or an ``(x, y)`` pair of tensors."""
+def tensor_pair(data) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(x, y)`` as tensors when ``data`` is a :class:`Split` or an ``(x, y)`` pair of tensors
+    or numpy arrays (floating inputs made float32, integer labels int64; a read-only array is
+    copied), else None (a loader)."""
     if isinstance(data, Split):
-        data = data.loader(batch_size=batch_size)
-    elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        x, y = data
+        return data.x, data.y
+    kinds = (torch.Tensor, np.ndarray)
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], kinds)):
+        return None
+    x, y = data
+    if isinstance(x, np.ndarray):
+        x = _as_tensor(x, "x")
+        if isinstance(x, np.ndarray):  # strings
+            raise ValueError(f"x must be numeric, got dtype {x.dtype}")
+        x = x.float() if x.is_floating_point() else x
+    if isinstance(y, np.ndarray):
+        y = _as_tensor(y, "y")
+        if isinstance(y, np.ndarray) or y.is_floating_point() or y.dtype == torch.bool:
+            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+        y = y.long()
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+    return x, y
+
+
+def as_batches(data, batch_size: int = 512):
+    """Yield ``(x, y)`` from ``data``: a loader yielding ``(x, y[, index])``, or a
+    :class:`Split` or an ``(x, y)`` pair (tensors or numpy arrays, see :func:`tensor_pair`),
+    in order, ``batch_size`` at a time."""
+    pair = tensor_pair(data)
+    if pair is not None:
+        x, y = pair
         data = [
             (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)
         ]
@@ -281,13 +307,10 @@ def as_batches(data, batch_size: int = 512):
 def training_loader(data, batch_size: int = 64, return_index: bool = False):
     """What a training loop iterates over: ``data`` itself when it is a loader, else a
     shuffling :class:`TensorLoader` (``seed=None``: see there) over a :class:`Split` or an
-    ``(x, y)`` pair, with ``batch_size`` and ``return_index``."""
-    if isinstance(data, Split):
-        data = (data.x, data.y)
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        return TensorLoader(
-            data[0], data[1], batch_size=batch_size, shuffle=True, return_index=return_index
-        )
+    ``(x, y)`` pair (see :func:`tensor_pair`), with ``batch_size`` and ``return_index``."""
+    pair = tensor_pair(data)
+    if pair is not None:
+        return TensorLoader(*pair, batch_size=batch_size, shuffle=True, return_index=return_index)
     if not hasattr(data, "__iter__"):
         raise ValueError(
             f"the training data must be a loader, a kdlib.data.Split or an (x, y) pair, got "

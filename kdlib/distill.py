@@ -50,7 +50,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdlib import distributed as kdist
-from kdlib.data import on_device, training_loader
+from kdlib.data import on_device, tensor_pair, training_loader
 from kdlib.features import FeatureTaps
 from kdlib.logit_cache import TeacherLogitCache
 from kdlib.losses import KDLossParts, hard_loss, kd_loss
@@ -127,9 +127,9 @@ def _takes_check(loss: Callable) -> bool:
 
 
 def _size(data) -> int:
-    """Samples in an ``(x, y)`` pair, else batches (a loader) or samples (a ``Split``)."""
-    pair = isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0])
-    return len(data[1]) if pair else len(data)
+    """Samples in a ``Split`` or an ``(x, y)`` pair, else batches (a loader)."""
+    pair = tensor_pair(data)
+    return len(pair[1]) if pair is not None else len(data)
 
 
 class Distiller:

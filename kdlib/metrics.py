@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlib import distributed as kdist
-from kdlib.data import Split, TensorLoader, as_batches
+from kdlib.data import TensorLoader, as_batches, tensor_pair
 from kdlib.losses import IGNORE_INDEX, check_logits, kl_divergence
 from kdlib.runtime import device_of
 
@@ -111,8 +111,9 @@ def evaluate(
     no accuracy, not an accuracy of 0).
     """
     if distributed:
-        if isinstance(data, (Split, tuple, list)):  # the whole of it, in order
-            data = TensorLoader(*((data.x, data.y) if isinstance(data, Split) else data), 512)
+        pair = tensor_pair(data)
+        if pair is not None:  # the whole of it, in order
+            data = TensorLoader(*pair, batch_size=512)
         data = kdist.shard_loader(data, kdist.rank(), kdist.world_size(), train=False)
     loss, correct, count = evaluation_sums(model, data, device)
     if distributed:

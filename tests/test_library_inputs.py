@@ -486,3 +486,17 @@ def test_seeding_reaches_the_loaders_shuffles():
     fixed = torch.cat([b[1] for b in split.loader(8, shuffle=True, seed=1)])
     seed_everything(1)
     assert torch.equal(fixed, torch.cat([b[1] for b in split.loader(8, shuffle=True)]))
+
+
+def test_numpy_pairs_are_taken_wherever_a_split_is():
+    from kdlib.metrics import evaluate
+
+    seed_everything(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 6)), (np.arange(64) % 4).astype(np.int32)  # float64, int32
+    model = MLP(6, (8,), 4)
+    history = train_supervised(model, (x, y), epochs=1, val_loader=(x, y), progress=False)
+    assert 0.0 <= history[-1]["val_accuracy"] <= 1.0
+    assert evaluate(model, (x, y))["accuracy"] == history[-1]["val_accuracy"]
+    with pytest.raises(ValueError, match="y must hold integer class labels"):
+        evaluate(model, (x, y.astype(float)))
