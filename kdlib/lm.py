@@ -371,8 +371,10 @@ def next_token_loader(
     batch_size: int = 64,
     shuffle: bool = True,
     seed: int = 0,
+    return_index: bool = False,
 ) -> TensorLoader:
-    """A loader of ``(inputs, targets)`` for next-token prediction from ``(N, L)`` sequences.
+    """A loader of ``(inputs, targets)`` for next-token prediction from ``(N, L)`` sequences
+    (``(inputs, targets, index)`` with ``return_index``, for a :class:`TopKLogits` cache).
 
     ``inputs = tokens[:, :-1]`` and ``targets = tokens[:, 1:]``, both ``(N, L - 1)``, with the
     targets where ``mask`` ``(N, L - 1)`` is false set to ``IGNORE_INDEX`` (-1): padding and
@@ -385,7 +387,14 @@ def next_token_loader(
             f"{tuple(mask.shape)}"
         )
     targets = tokens[:, 1:].masked_fill(~mask.bool(), IGNORE_INDEX)
-    return TensorLoader(tokens[:, :-1], targets, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    return TensorLoader(
+        tokens[:, :-1],
+        targets,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        return_index=return_index,
+    )
 
 
 @torch.no_grad()
