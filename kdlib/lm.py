@@ -77,6 +77,7 @@ __all__ = [
     "SentenceSource",
     "load_text_corpus",
     "kl_to_truth",
+    "acceptance_rate",
     "distinct_ngrams",
     "lm_metrics",
 ]
@@ -236,14 +237,16 @@ def logits_of(output) -> torch.Tensor:
 
 
 def _takes_cache(model: nn.Module) -> str | None:
-    """How ``model`` keeps a KV cache: ``"kdlib"`` (a ``cache`` list, TinyGPT), ``"hf"``
-    (``past_key_values``, a Hugging Face model) or ``None``."""
+    """How ``model`` keeps a KV cache: ``"kdlib"`` (a ``cache`` list, TinyGPT), the name of a
+    Hugging Face model's cache argument (``"cache"`` in transformers 5, ``"past_key_values"``
+    before), or ``None``."""
     params = inspect.signature(model.forward).parameters
-    if "cache" in params:
-        return "kdlib"
-    if "past_key_values" in params and "use_cache" in params:
-        return "hf"
-    return None
+    if "use_cache" in params:  # a Hugging Face model
+        for name in ("past_key_values", "cache"):
+            if name in params:
+                return name
+        return None
+    return "kdlib" if "cache" in params else None
 
 
 @torch.no_grad()
@@ -269,9 +272,9 @@ def generate(
     the model's mode is restored. ``generator`` (on the model's device) makes it repeatable.
 
     ``use_cache``: a model that keeps a KV cache (:class:`kdlib.models.TinyGPT`'s ``cache``,
-    a Hugging Face model's ``past_key_values``) runs the prompt once and then only each new
-    token, instead of the whole prefix at every step (the same logits up to rounding). Past
-    the ``context``, the window slides and every step runs the window again.
+    a Hugging Face model's ``cache`` or ``past_key_values``) runs the prompt once and then
+    only each new token, instead of the whole prefix at every step (the same logits up to
+    rounding). Past the ``context``, the window slides and every step runs the window again.
     """
     if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be a (B, T0) tensor with T0 >= 1, got {prompt!r:.80}")
@@ -302,8 +305,8 @@ def generate(
                 logits = model(new, cache=cache)[:, -1].float()
             else:
                 new = tokens if cache is None else tokens[:, -1:]
-                out = model(new, past_key_values=cache, use_cache=True)
-                cache, logits = out.past_key_values, out.logits[:, -1].float()
+                out = model(new, use_cache=True, **{kind: cache})
+                cache, logits = out[kind], out.logits[:, -1].float()
             if temperature == 0:
                 nxt = logits.argmax(-1)
             else:
@@ -415,8 +418,10 @@ def sequence_kd_dataset(
     the teacher generated from the prompts (after the first ``eos_token``, ``pad_token``) and
     the ``(N, T0 + max_new_tokens - 1)`` mask of the generated targets (see
     :func:`mask_after_eos`), ready for :func:`next_token_loader`. Kim & Rush take the teacher's
-    beam-search output (an approximation of its mode); this samples (``temperature=1`` keeps the
-    teacher's distribution; ``temperature=0`` is greedy decoding, a mode-seeking variant).
+    beam-search output for each source sentence (an approximation of its mode given that
+    input); this samples (``temperature=1`` keeps the teacher's distribution). Greedy decoding
+    (``temperature=0``) is deterministic: from identical prompts (an unconditional model, every
+    prompt ``<s>``) every row is the same sentence, so it only makes sense with varied prompts.
     """
     chunks = [
         generate(
@@ -1119,6 +1124,37 @@ def distinct_ngrams(tokens: torch.Tensor, mask: torch.Tensor, n: int = 2) -> flo
             grams.add(tuple(words[i : i + n]))
             total += 1
     return len(grams) / max(total, 1)
+
+
+@torch.no_grad()
+def acceptance_rate(
+    draft: nn.Module, target: nn.Module, tokens: torch.Tensor, mask: torch.Tensor
+) -> float:
+    """Speculative decoding's per-token acceptance rate of ``draft`` proposing for ``target``.
+
+    In speculative sampling (Leviathan, Kalman & Matias, "Fast Inference from Transformers via
+    Speculative Decoding", ICML 2023, arXiv:2211.17192; Chen et al. 2023, arXiv:2302.01318) a
+    small draft model proposes tokens that the large target model verifies in one pass; a
+    proposed token is kept with probability ``min(1, p_T / p_S)``, which keeps the target's
+    distribution exactly. At a context the chance of acceptance is
+    ``alpha = sum_v min(p_T(v), p_S(v)) = 1 - TV(p_T, p_S)``: a student distilled closer to its
+    teacher drafts better. Returned: the exact ``alpha`` (a sum over the vocabulary, not a
+    simulation) averaged over the positions of ``tokens`` ``(N, L)`` where ``mask``
+    ``(N, L - 1)`` is true. With ``gamma`` tokens drafted per target pass and acceptances
+    independent, each pass yields ``(1 - alpha^(gamma + 1)) / (1 - alpha)`` tokens on average.
+    """
+    x = tokens[:, :-1]
+    p = []
+    for model in (draft, target):
+        device = _device_of(model)
+        was_training = model.training
+        model.eval()
+        try:
+            p.append(torch.softmax(logits_of(model(x.to(device))).float(), -1).cpu())
+        finally:
+            model.train(was_training)
+    per_token = torch.minimum(p[0], p[1]).sum(-1)
+    return float(_reduce(per_token, mask.cpu(), "mean"))
 
 
 @torch.no_grad()
