@@ -57,6 +57,7 @@ from kdlib.losses import IGNORE_INDEX
 __all__ = [
     "DIVERGENCES",
     "token_kd_loss",
+    "chunked_token_kd_loss",
     "generate",
     "mask_after_eos",
     "sequence_log_probs",
@@ -88,7 +89,7 @@ DIVERGENCES = ("forward", "reverse", "jsd")
 # --- the per-token loss -----------------------------------------------------------------------
 
 
-def _check_token_logits(student_logits, teacher_logits, mask, vocab_size) -> None:
+def _check_token_logits(student_logits, teacher_logits, mask, vocab_size, finite=True) -> None:
     for name, z in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
         if not isinstance(z, torch.Tensor):
             raise ValueError(f"{name} must be a tensor, got {type(z).__name__}")
@@ -123,7 +124,7 @@ def _check_token_logits(student_logits, teacher_logits, mask, vocab_size) -> Non
                 f"mask must have shape (B, T) = {tuple(s[:2])}, got {tuple(mask.shape)}"
             )
     for name, z in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
-        if not bool(torch.isfinite(z[..., :vocab_size]).all()):
+        if finite and not bool(torch.isfinite(z[..., :vocab_size]).all()):
             raise ValueError(f"{name} contain NaN or inf")
 
 
@@ -225,6 +226,130 @@ def token_kd_loss(
     if reduction == "sum":
         return _reduce(per_token, mask, "none").sum()
     return _reduce(per_token, mask, reduction)
+
+
+class _ChunkedTokenKD(torch.autograd.Function):
+    """The forward pass computes the loss chunk by chunk and, while each chunk's logits exist,
+    its gradients; the backward pass only scales them (so no chunk's logits are kept)."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, h_t, w_t, mask, chunk_size, options):
+        dtype = torch.float64 if h_s.dtype == torch.float64 else torch.float32
+        count = mask.sum().clamp_min(1).to(dtype)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(h_s) if need_h else None
+        grad_w = torch.zeros_like(w_s) if need_w else None
+        total = torch.zeros((), dtype=dtype, device=h_s.device)
+        for start in range(0, h_s.shape[0], chunk_size):
+            part = slice(start, start + chunk_size)
+            with torch.enable_grad():
+                hs = h_s[part].detach().requires_grad_(need_h)
+                ws = w_s.detach().requires_grad_(need_w)
+                z_s = (hs @ ws.T)[None]
+                with torch.no_grad():
+                    z_t = (h_t[part] @ w_t.T)[None]
+                loss = token_kd_loss(
+                    z_s, z_t, mask[part][None], reduction="sum", check=False, **options
+                )
+                wanted = [t for t, need in ((hs, need_h), (ws, need_w)) if need]
+                grads = torch.autograd.grad(loss, wanted) if wanted else ()
+            grads = list(grads)
+            if need_h:
+                grad_h[part] = grads.pop(0)
+            if need_w:
+                grad_w += grads.pop(0)
+            total += loss.detach()
+        ctx.save_for_backward(
+            *(g / count if g is not None else torch.empty(0) for g in (grad_h, grad_w))
+        )
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        out_h = grad_h * grad_out if ctx.needs_input_grad[0] else None
+        out_w = grad_w * grad_out if ctx.needs_input_grad[1] else None
+        return out_h, out_w, None, None, None, None, None
+
+
+def chunked_token_kd_loss(
+    student_hidden: torch.Tensor,
+    student_head: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_head: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    divergence: str = "forward",
+    beta: float = 0.5,
+    vocab_size: int | None = None,
+    chunk_size: int = 1024,
+    check: bool = True,
+) -> torch.Tensor:
+    """:func:`token_kd_loss` (``reduction="mean"``) for large vocabularies, a chunk of tokens at
+    a time, from the models' last hidden states and output layers instead of their logits.
+
+    Args:
+        student_hidden, teacher_hidden: ``(B, T, d_S)`` and ``(B, T, d_T)``, the inputs of the
+            output layers (e.g. a Hugging Face model's ``hidden_states[-1]`` after its final norm).
+        student_head, teacher_head: ``(V_S, d_S)`` and ``(V_T, d_T)``, the output layers'
+            weights (``model.lm_head.weight``; no bias); the logits are ``hidden @ head.T``.
+        mask, temperature, divergence, beta, vocab_size, check: as in :func:`token_kd_loss`.
+        chunk_size: tokens per chunk.
+
+    The value and the gradients (with respect to ``student_hidden`` and ``student_head``) are
+    those of ``token_kd_loss(student_hidden @ student_head.T, teacher_hidden @ teacher_head.T,
+    mask, ...)`` to float32 rounding, computed by that same function on each chunk. The full
+    ``(B, T, V)`` logits never exist: one chunk's logits and the intermediate tensors of its loss
+    do, for its forward and backward, which are done together in the forward pass (the
+    gradients are kept, ``B T d_S + V d_S`` numbers, and scaled in the backward pass). Peak extra
+    memory is therefore that of the unchunked loss on ``chunk_size`` tokens
+    (``benchmarks/lm_memory.py`` measures it). No gradient reaches the teacher.
+    """
+    if check:
+        for name, h in (("student_hidden", student_hidden), ("teacher_hidden", teacher_hidden)):
+            if not isinstance(h, torch.Tensor) or h.dim() != 3 or not h.is_floating_point():
+                raise ValueError(f"{name} must be a floating point (B, T, d) tensor")
+        for name, w, h in (
+            ("student_head", student_head, student_hidden),
+            ("teacher_head", teacher_head, teacher_hidden),
+        ):
+            if not isinstance(w, torch.Tensor) or w.dim() != 2 or w.shape[1] != h.shape[2]:
+                raise ValueError(
+                    f"{name} must be a (V, d) weight with d = {h.shape[2]} (the hidden size)"
+                )
+        if student_hidden.shape[:2] != teacher_hidden.shape[:2]:
+            raise ValueError(
+                f"student_hidden {tuple(student_hidden.shape)} and teacher_hidden "
+                f"{tuple(teacher_hidden.shape)} must cover the same (B, T) tokens"
+            )
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        b, t = student_hidden.shape[:2]
+        shape_s, shape_t = (b, t, student_head.shape[0]), (b, t, teacher_head.shape[0])
+        _check_token_logits(
+            torch.empty(()).expand(*shape_s),
+            torch.empty(()).expand(*shape_t),
+            mask,
+            vocab_size,
+            finite=False,
+        )
+        _check_options(temperature, divergence, beta, "mean")
+    n = student_hidden.shape[0] * student_hidden.shape[1]
+    keep = (
+        torch.ones(n, dtype=torch.bool, device=student_hidden.device)
+        if mask is None
+        else mask.reshape(n).bool()
+    )
+    options = dict(temperature=temperature, divergence=divergence, beta=beta, vocab_size=vocab_size)
+    return _ChunkedTokenKD.apply(
+        student_hidden.reshape(n, -1),
+        student_head,
+        teacher_hidden.reshape(n, -1).detach(),
+        teacher_head.detach(),
+        keep,
+        chunk_size,
+        options,
+    )
 
 
 # --- generating and scoring ---------------------------------------------------------------

@@ -533,3 +533,55 @@ def test_top_k_logits_cached_on_disk_distil_like_the_live_teacher(tmp_path):
         lm.SequenceDistiller(
             TinyGPT(V, 11, 8, 1, 2), None, teacher_cache=cache, progress=False
         ).fit(lm.next_token_loader(text.tokens, text.mask, 16), 1)
+
+
+@pytest.mark.parametrize("divergence", lm.DIVERGENCES)
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 100])
+def test_chunked_loss_has_the_value_and_gradient_of_the_unchunked_one(divergence, chunk_size):
+    """From hidden states and output layers, a chunk of tokens at a time: the same value and
+    the same gradients (hidden states and head) as token_kd_loss on the full logits, with a
+    mask, a temperature and padded vocabularies; nothing reaches the teacher."""
+    g = torch.Generator().manual_seed(0)
+    B, T, d, V = 3, 5, 8, 50
+    hs = torch.randn(B, T, d, generator=g, dtype=torch.float64)
+    ws = torch.randn(V + 3, d, generator=g, dtype=torch.float64)
+    ht = torch.randn(B, T, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    wt = torch.randn(V, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(B, T, generator=g) > 0.3
+    options = dict(temperature=2.0, divergence=divergence, beta=0.3, vocab_size=V)
+    grads = []
+    for chunked in (False, True):
+        h, w = hs.clone().requires_grad_(True), ws.clone().requires_grad_(True)
+        if chunked:
+            value = lm.chunked_token_kd_loss(h, w, ht, wt, mask, chunk_size=chunk_size, **options)
+        else:
+            value = lm.token_kd_loss(h @ w.T, ht @ wt.T, mask, **options)
+        (3.0 * value).backward()
+        grads.append((value.detach(), h.grad, w.grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert ht.grad is None and wt.grad is None
+    float32 = lm.chunked_token_kd_loss(
+        hs.float(), ws.float(), ht.float(), wt.float(), mask, chunk_size=chunk_size, **options
+    )
+    assert float32.dtype == torch.float32
+    assert abs(float32.item() - grads[0][0].item()) < 1e-5
+    with pytest.raises(ValueError, match="student_head"):
+        lm.chunked_token_kd_loss(hs, ws[:, :3], ht, wt, mask)
+    with pytest.raises(ValueError, match="chunk_size"):
+        lm.chunked_token_kd_loss(hs, ws, ht, wt, mask, chunk_size=0, vocab_size=V)
+
+
+def test_acceptance_rate_is_one_minus_the_total_variation():
+    source = lm.SentenceSource()
+    text = source.sample(16, seed=0)
+    V = len(source.vocab)
+    seed_everything(0)
+    a, b = TinyGPT(V, 11, 16, 1, 2), TinyGPT(V, 11, 8, 1, 2)
+    assert lm.acceptance_rate(a, a, text.tokens, text.mask) == pytest.approx(1.0, abs=1e-6)
+    got = lm.acceptance_rate(a, b, text.tokens, text.mask)
+    with torch.no_grad():
+        p, q = (torch.softmax(m(text.tokens[:, :-1]), -1) for m in (a, b))
+    tv = 0.5 * (p - q).abs().sum(-1)[text.mask].mean().item()
+    assert got == pytest.approx(1 - tv, abs=1e-6) and got < 1
+    assert lm.acceptance_rate(b, a, text.tokens, text.mask) == pytest.approx(got, abs=1e-6)
