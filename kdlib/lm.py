@@ -230,7 +230,8 @@ def token_kd_loss(
 
 class _ChunkedTokenKD(torch.autograd.Function):
     """The forward pass computes the loss chunk by chunk and, while each chunk's logits exist,
-    its gradients; the backward pass only scales them (so no chunk's logits are kept)."""
+    its gradients; the backward pass only scales them (so no chunk's logits are kept). The
+    head's gradient accumulates in place over the chunks."""
 
     @staticmethod
     def forward(ctx, h_s, w_s, h_t, w_t, mask, chunk_size, options):
@@ -238,37 +239,36 @@ class _ChunkedTokenKD(torch.autograd.Function):
         count = mask.sum().clamp_min(1).to(dtype)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(h_s) if need_h else None
-        grad_w = torch.zeros_like(w_s) if need_w else None
+        ws = w_s.detach().requires_grad_(need_w)
         total = torch.zeros((), dtype=dtype, device=h_s.device)
         for start in range(0, h_s.shape[0], chunk_size):
             part = slice(start, start + chunk_size)
             with torch.enable_grad():
                 hs = h_s[part].detach().requires_grad_(need_h)
-                ws = w_s.detach().requires_grad_(need_w)
                 z_s = (hs @ ws.T)[None]
                 with torch.no_grad():
                     z_t = (h_t[part] @ w_t.T)[None]
                 loss = token_kd_loss(
                     z_s, z_t, mask[part][None], reduction="sum", check=False, **options
                 )
-                wanted = [t for t, need in ((hs, need_h), (ws, need_w)) if need]
-                grads = torch.autograd.grad(loss, wanted) if wanted else ()
-            grads = list(grads)
+                if need_h or need_w:
+                    loss.backward()  # into hs.grad, and ws.grad in place after the first chunk
             if need_h:
-                grad_h[part] = grads.pop(0)
-            if need_w:
-                grad_w += grads.pop(0)
+                grad_h[part] = hs.grad
             total += loss.detach()
-        ctx.save_for_backward(
-            *(g / count if g is not None else torch.empty(0) for g in (grad_h, grad_w))
-        )
+        grad_w = ws.grad if need_w else None
+        for g in (grad_h, grad_w):
+            if g is not None:
+                g.div_(count)
+        ctx.save_for_backward(*(torch.empty(0) if g is None else g for g in (grad_h, grad_w)))
         return total / count
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        out_h = grad_h * grad_out if ctx.needs_input_grad[0] else None
-        out_w = grad_w * grad_out if ctx.needs_input_grad[1] else None
+        grad_h, grad_w = ctx.saved_tensors  # scaled in place: the graph is used once
+        out_h = grad_h.mul_(grad_out) if ctx.needs_input_grad[0] else None
+        out_w = grad_w.mul_(grad_out) if ctx.needs_input_grad[1] else None
         return out_h, out_w, None, None, None, None, None
 
 
@@ -301,9 +301,10 @@ def chunked_token_kd_loss(
     mask, ...)`` to float32 rounding, computed by that same function on each chunk. The full
     ``(B, T, V)`` logits never exist: one chunk's logits and the intermediate tensors of its loss
     do, for its forward and backward, which are done together in the forward pass (the
-    gradients are kept, ``B T d_S + V d_S`` numbers, and scaled in the backward pass). Peak extra
-    memory is therefore that of the unchunked loss on ``chunk_size`` tokens
-    (``benchmarks/lm_memory.py`` measures it). No gradient reaches the teacher.
+    gradients are kept, ``B T d_S + V d_S`` numbers, and scaled in the backward pass, which can
+    run once: no ``retain_graph``). Peak extra memory is that of the unchunked loss on
+    ``chunk_size`` tokens, plus the head's gradient (``benchmarks/lm_memory.py`` measures it).
+    No gradient reaches the teacher.
     """
     if check:
         for name, h in (("student_hidden", student_hidden), ("teacher_hidden", teacher_hidden)):
