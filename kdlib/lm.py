@@ -9,8 +9,9 @@ padding, prompts, ...):
     forward  KL(p_T || p_S)   mode covering: the student spreads over everything the teacher
                               finds plausible (Hinton et al. 2015, token by token)
     reverse  KL(p_S || p_T)   mode seeking: the student may drop some of the teacher's modes
-                              but is punished for mass where the teacher has none (MiniLLM,
-                              Gu et al. 2024)
+                              but is punished for mass where the teacher has none (per token;
+                              MiniLLM, Gu et al. 2024, minimises the reverse KL of whole
+                              sequences by policy gradient instead, not implemented here)
     jsd      generalized Jensen-Shannon divergence with weight beta (GKD, Agarwal et al. 2024)
 
 :func:`token_kd_loss` computes them. Three training regimes differ in *which sequences* the
@@ -24,8 +25,12 @@ tokens come from (:class:`SequenceDistiller`):
   token of them; the student learns on the contexts it will meet when it generates.
 
 The teacher's distributions are large for long vocabularies: :func:`top_k_teacher` keeps the
-``k`` largest probabilities per token and :func:`expand_top_k` rebuilds a full distribution
-from them, the missing mass spread evenly over the other tokens (see there why not dropped).
+``k`` largest probabilities per token, :func:`with_tail` and :func:`student_top_k` compare the
+two models on those ``k`` tokens and one tail bucket (a student equal to the teacher has loss
+0), :func:`cache_top_k` stores them on disk (:class:`TopKLogits`) for offline distillation, and
+:func:`chunked_token_kd_loss` computes the loss a chunk of tokens at a time. Hugging Face causal
+LMs work wherever a TinyGPT does (:func:`logits_of`, :func:`from_hf_batch`, :mod:`kdlib.hf`).
+:func:`acceptance_rate` measures a student as the draft model of speculative decoding.
 
 For measuring, :class:`SentenceSource` is a small probabilistic grammar whose true next-token
 distribution is known at every position, so the exact KL of a model to the truth can be computed,
