@@ -9,8 +9,9 @@ padding, prompts, ...):
     forward  KL(p_T || p_S)   mode covering: the student spreads over everything the teacher
                               finds plausible (Hinton et al. 2015, token by token)
     reverse  KL(p_S || p_T)   mode seeking: the student may drop some of the teacher's modes
-                              but is punished for mass where the teacher has none (MiniLLM,
-                              Gu et al. 2024)
+                              but is punished for mass where the teacher has none (per token;
+                              MiniLLM, Gu et al. 2024, minimises the reverse KL of whole
+                              sequences by policy gradient instead, not implemented here)
     jsd      generalized Jensen-Shannon divergence with weight beta (GKD, Agarwal et al. 2024)
 
 :func:`token_kd_loss` computes them. Three training regimes differ in *which sequences* the
@@ -24,8 +25,12 @@ tokens come from (:class:`SequenceDistiller`):
   token of them; the student learns on the contexts it will meet when it generates.
 
 The teacher's distributions are large for long vocabularies: :func:`top_k_teacher` keeps the
-``k`` largest probabilities per token and :func:`expand_top_k` rebuilds a full distribution
-from them, the missing mass spread evenly over the other tokens (see there why not dropped).
+``k`` largest probabilities per token, :func:`with_tail` and :func:`student_top_k` compare the
+two models on those ``k`` tokens and one tail bucket (a student equal to the teacher has loss
+0), :func:`cache_top_k` stores them on disk (:class:`TopKLogits`) for offline distillation, and
+:func:`chunked_token_kd_loss` computes the loss a chunk of tokens at a time. Hugging Face causal
+LMs work wherever a TinyGPT does (:func:`logits_of`, :func:`from_hf_batch`, :mod:`kdlib.hf`).
+:func:`acceptance_rate` measures a student as the draft model of speculative decoding.
 
 For measuring, :class:`SentenceSource` is a small probabilistic grammar whose true next-token
 distribution is known at every position, so the exact KL of a model to the truth can be computed,
@@ -40,6 +45,7 @@ Knowledge Distillation of Large Language Models", ICLR 2024, arXiv:2306.08543.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,19 +63,28 @@ from kdlib.runtime import device_of
 __all__ = [
     "DIVERGENCES",
     "token_kd_loss",
+    "chunked_token_kd_loss",
     "generate",
     "mask_after_eos",
     "sequence_log_probs",
     "next_token_loader",
     "sequence_kd_dataset",
     "SequenceDistiller",
+    "from_hf_batch",
+    "TopKLogits",
+    "cache_top_k",
+    "logits_of",
     "top_k_teacher",
+    "with_tail",
+    "student_top_k",
     "expand_top_k",
     "top_k_error",
+    "tail_mass",
     "Corpus",
     "SentenceSource",
     "load_text_corpus",
     "kl_to_truth",
+    "acceptance_rate",
     "distinct_ngrams",
     "lm_metrics",
 ]
@@ -80,7 +95,7 @@ DIVERGENCES = ("forward", "reverse", "jsd")
 # --- the per-token loss -----------------------------------------------------------------------
 
 
-def _check_token_logits(student_logits, teacher_logits, mask) -> None:
+def _check_token_logits(student_logits, teacher_logits, mask, vocab_size, finite=True) -> None:
     for name, z in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
         if not isinstance(z, torch.Tensor):
             raise ValueError(f"{name} must be a tensor, got {type(z).__name__}")
@@ -94,11 +109,18 @@ def _check_token_logits(student_logits, teacher_logits, mask) -> None:
             f"student_logits {tuple(s)} and teacher_logits {tuple(t)} must cover the same "
             "(B, T) tokens"
         )
-    if s[2] != t[2]:
+    if vocab_size is not None:
+        if not isinstance(vocab_size, int) or not 2 <= vocab_size <= min(s[2], t[2]):
+            raise ValueError(
+                f"vocab_size must be an int between 2 and the smaller vocabulary "
+                f"({min(s[2], t[2])}), got {vocab_size!r}"
+            )
+    elif s[2] != t[2]:
         raise ValueError(
             f"the student's vocabulary has {s[2]} tokens and the teacher's {t[2]}: "
             "token-level distillation needs one tokenizer for both (the same vocabulary, in the "
-            "same order)"
+            "same order); if they share one and only their output layers are padded to "
+            "different sizes, pass vocab_size= the tokenizer's size"
         )
     if mask is not None:
         if not isinstance(mask, torch.Tensor):
@@ -108,7 +130,7 @@ def _check_token_logits(student_logits, teacher_logits, mask) -> None:
                 f"mask must have shape (B, T) = {tuple(s[:2])}, got {tuple(mask.shape)}"
             )
     for name, z in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
-        if not bool(torch.isfinite(z).all()):
+        if finite and not bool(torch.isfinite(z[..., :vocab_size]).all()):
             raise ValueError(f"{name} contain NaN or inf")
 
 
@@ -136,6 +158,22 @@ def _reduce(per_token: torch.Tensor, mask, reduction: str) -> torch.Tensor:
     return per_token.sum() / count
 
 
+def _check_options(temperature, divergence, beta, reduction) -> None:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)) or (
+        temperature <= 0
+    ):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    if divergence == "jsd" and not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
+        raise ValueError(
+            f"beta must lie strictly between 0 and 1 for the JSD, got {beta!r} (the JSD is 0 at "
+            "both ends; use divergence='forward' or 'reverse' for the limits)"
+        )
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
 def token_kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -144,6 +182,8 @@ def token_kd_loss(
     divergence: str = "forward",
     beta: float = 0.5,
     reduction: str = "mean",
+    vocab_size: int | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Per-token distillation loss between two language models, averaged over unmasked tokens.
 
@@ -159,45 +199,186 @@ def token_kd_loss(
             - ``"reverse"``: ``KL(p_S || p_T)``;
             - ``"jsd"``: ``beta KL(p_T || M) + (1 - beta) KL(p_S || M)`` with
               ``M = beta p_T + (1 - beta) p_S`` (GKD's generalized JSD with P = teacher,
-              Q = student). It is 0 at ``beta = 0`` and ``1``; scaled, it approaches the two
-              KLs at the ends: ``JSD / beta -> forward`` as ``beta -> 0`` and
-              ``JSD / (1 - beta) -> reverse`` as ``beta -> 1``.
+              Q = student; TRL's ``generalized_jsd_loss`` uses the same ``beta``). It is 0 at
+              ``beta = 0`` and ``1``; scaled, it approaches the two KLs at the ends:
+              ``JSD / beta -> forward`` as ``beta -> 0`` and ``JSD / (1 - beta) -> reverse``
+              as ``beta -> 1``.
         beta: the JSD's weight, ``0 < beta < 1``; ignored by the two KLs.
         reduction: ``"mean"`` (a scalar: the sum over unmasked tokens divided by their number,
-            0 when there are none) or ``"none"`` (the ``(B, T)`` values, 0 at masked tokens).
+            0 when there are none), ``"sum"`` (the sum over unmasked tokens) or ``"none"`` (the
+            ``(B, T)`` values, 0 at masked tokens).
+        vocab_size: models that share one tokenizer but pad their output layers to different
+            sizes (for instance 152,064 and 151,936 rows for 151,665 tokens): both logits are
+            cut to their first ``vocab_size`` columns, the tokenizer's tokens, before the
+            softmax. ``None``: the two vocabularies must have the same size.
+        check: check the inputs (shapes, vocabularies, mask, finite logits, options) and raise
+            ``ValueError`` naming the argument at fault. The checks synchronise with the device
+            (they read values); ``check=False`` skips them and runs the same formula, for a
+            training loop that has checked its first batch (:class:`SequenceDistiller`).
 
     Computed in log space (``log_softmax`` on both sides, the JSD's mixture by ``logsumexp``),
-    in float32 whatever the input dtype (float64 stays float64). Raises ``ValueError`` for
-    shapes that differ, vocabularies that differ (the two models must share a tokenizer), a
-    mask of the wrong shape, NaN or inf logits, or a bad temperature, divergence or beta.
+    in float32 whatever the input dtype (float64 stays float64).
     """
-    _check_token_logits(student_logits, teacher_logits, mask)
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)) or (
-        temperature <= 0
-    ):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    if divergence == "jsd" and not 0.0 < float(beta) < 1.0:
-        raise ValueError(
-            f"beta must lie strictly between 0 and 1 for the JSD, got {beta!r} (the JSD is 0 at "
-            "both ends; use divergence='forward' or 'reverse' for the limits)"
-        )
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    return _token_kd(student_logits, teacher_logits, mask, temperature, divergence, beta, reduction)
-
-
-def _token_kd(student_logits, teacher_logits, mask, temperature, divergence, beta, reduction):
-    """:func:`token_kd_loss` without its checks (no host-device synchronisation)."""
+    if check:
+        _check_token_logits(student_logits, teacher_logits, mask, vocab_size)
+        _check_options(temperature, divergence, beta, reduction)
     dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    log_p_s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.detach().to(dtype) / temperature, dim=-1)
+    z_s, z_t = student_logits, teacher_logits.detach()
+    if vocab_size is not None:
+        z_s, z_t = z_s[..., :vocab_size], z_t[..., :vocab_size]
+    log_p_s = F.log_softmax(z_s.to(dtype) / temperature, dim=-1)
+    log_p_t = F.log_softmax(z_t.to(dtype) / temperature, dim=-1)
     per_token = _per_token_divergence(log_p_s, log_p_t, divergence, float(beta))
+    if reduction == "sum":
+        return _reduce(per_token, mask, "none").sum()
     return _reduce(per_token, mask, reduction)
 
 
+class _ChunkedTokenKD(torch.autograd.Function):
+    """The forward pass computes the loss chunk by chunk and, while each chunk's logits exist,
+    its gradients; the backward pass only scales them (so no chunk's logits are kept). The
+    head's gradient accumulates in place over the chunks."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, h_t, w_t, mask, chunk_size, options):
+        dtype = torch.float64 if h_s.dtype == torch.float64 else torch.float32
+        count = mask.sum().clamp_min(1).to(dtype)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(h_s) if need_h else None
+        ws = w_s.detach().requires_grad_(need_w)
+        total = torch.zeros((), dtype=dtype, device=h_s.device)
+        for start in range(0, h_s.shape[0], chunk_size):
+            part = slice(start, start + chunk_size)
+            with torch.enable_grad():
+                hs = h_s[part].detach().requires_grad_(need_h)
+                z_s = (hs @ ws.T)[None]
+                with torch.no_grad():
+                    z_t = (h_t[part] @ w_t.T)[None]
+                loss = token_kd_loss(
+                    z_s, z_t, mask[part][None], reduction="sum", check=False, **options
+                )
+                if need_h or need_w:
+                    loss.backward()  # into hs.grad, and ws.grad in place after the first chunk
+            if need_h:
+                grad_h[part] = hs.grad
+            total += loss.detach()
+        grad_w = ws.grad if need_w else None
+        for g in (grad_h, grad_w):
+            if g is not None:
+                g.div_(count)
+        ctx.save_for_backward(*(torch.empty(0) if g is None else g for g in (grad_h, grad_w)))
+        return total / count
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors  # scaled in place: the graph is used once
+        out_h = grad_h.mul_(grad_out) if ctx.needs_input_grad[0] else None
+        out_w = grad_w.mul_(grad_out) if ctx.needs_input_grad[1] else None
+        return out_h, out_w, None, None, None, None, None
+
+
+def chunked_token_kd_loss(
+    student_hidden: torch.Tensor,
+    student_head: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_head: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    divergence: str = "forward",
+    beta: float = 0.5,
+    vocab_size: int | None = None,
+    chunk_size: int = 1024,
+    check: bool = True,
+) -> torch.Tensor:
+    """:func:`token_kd_loss` (``reduction="mean"``) for large vocabularies, a chunk of tokens at
+    a time, from the models' last hidden states and output layers instead of their logits.
+
+    Args:
+        student_hidden, teacher_hidden: ``(B, T, d_S)`` and ``(B, T, d_T)``, the inputs of the
+            output layers (e.g. a Hugging Face model's ``hidden_states[-1]`` after its final norm).
+        student_head, teacher_head: ``(V_S, d_S)`` and ``(V_T, d_T)``, the output layers'
+            weights (``model.lm_head.weight``; no bias); the logits are ``hidden @ head.T``.
+        mask, temperature, divergence, beta, vocab_size, check: as in :func:`token_kd_loss`.
+        chunk_size: tokens per chunk.
+
+    The value and the gradients (with respect to ``student_hidden`` and ``student_head``) are
+    those of ``token_kd_loss(student_hidden @ student_head.T, teacher_hidden @ teacher_head.T,
+    mask, ...)`` to float32 rounding, computed by that same function on each chunk. The full
+    ``(B, T, V)`` logits never exist: one chunk's logits and the intermediate tensors of its loss
+    do, for its forward and backward, which are done together in the forward pass (the
+    gradients are kept, ``B T d_S + V d_S`` numbers, and scaled in the backward pass, which can
+    run once: no ``retain_graph``). Peak extra memory is that of the unchunked loss on
+    ``chunk_size`` tokens, plus the head's gradient (``benchmarks/lm_memory.py`` measures it).
+    No gradient reaches the teacher.
+    """
+    if check:
+        for name, h in (("student_hidden", student_hidden), ("teacher_hidden", teacher_hidden)):
+            if not isinstance(h, torch.Tensor) or h.dim() != 3 or not h.is_floating_point():
+                raise ValueError(f"{name} must be a floating point (B, T, d) tensor")
+        for name, w, h in (
+            ("student_head", student_head, student_hidden),
+            ("teacher_head", teacher_head, teacher_hidden),
+        ):
+            if not isinstance(w, torch.Tensor) or w.dim() != 2 or w.shape[1] != h.shape[2]:
+                raise ValueError(
+                    f"{name} must be a (V, d) weight with d = {h.shape[2]} (the hidden size)"
+                )
+        if student_hidden.shape[:2] != teacher_hidden.shape[:2]:
+            raise ValueError(
+                f"student_hidden {tuple(student_hidden.shape)} and teacher_hidden "
+                f"{tuple(teacher_hidden.shape)} must cover the same (B, T) tokens"
+            )
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        b, t = student_hidden.shape[:2]
+        shape_s, shape_t = (b, t, student_head.shape[0]), (b, t, teacher_head.shape[0])
+        _check_token_logits(
+            torch.empty(()).expand(*shape_s),
+            torch.empty(()).expand(*shape_t),
+            mask,
+            vocab_size,
+            finite=False,
+        )
+        _check_options(temperature, divergence, beta, "mean")
+    n = student_hidden.shape[0] * student_hidden.shape[1]
+    keep = (
+        torch.ones(n, dtype=torch.bool, device=student_hidden.device)
+        if mask is None
+        else mask.reshape(n).bool()
+    )
+    options = dict(temperature=temperature, divergence=divergence, beta=beta, vocab_size=vocab_size)
+    return _ChunkedTokenKD.apply(
+        student_hidden.reshape(n, -1),
+        student_head,
+        teacher_hidden.reshape(n, -1).detach(),
+        teacher_head.detach(),
+        keep,
+        chunk_size,
+        options,
+    )
+
+
 # --- generating and scoring ---------------------------------------------------------------
+
+
+def logits_of(output) -> torch.Tensor:
+    """The logits of a model's output: the tensor itself (TinyGPT), or ``output.logits`` (a
+    Hugging Face causal LM, whose forward returns a ``CausalLMOutput``)."""
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def _takes_cache(model: nn.Module) -> str | None:
+    """How ``model`` keeps a KV cache: ``"kdlib"`` (a ``cache`` list, TinyGPT), the name of a
+    Hugging Face model's cache argument (``"cache"`` in transformers 5, ``"past_key_values"``
+    before), or ``None``."""
+    params = inspect.signature(model.forward).parameters
+    if "use_cache" in params:  # a Hugging Face model
+        for name in ("past_key_values", "cache"):
+            if name in params:
+                return name
+        return None
+    return "kdlib" if "cache" in params else None
 
 
 @torch.no_grad()
@@ -210,6 +391,7 @@ def generate(
     generator: torch.Generator | None = None,
     eos_token: int | None = None,
     pad_token: int | None = None,
+    use_cache: bool = True,
 ) -> torch.Tensor:
     """Sample ``max_new_tokens`` tokens after ``prompt`` from ``model``, one at a time.
 
@@ -220,6 +402,11 @@ def generate(
     (default: ``eos_token``), and generation stops early once every row has. A model with a
     ``context`` attribute sees at most its last ``context`` tokens. Eval mode while sampling;
     the model's mode is restored. ``generator`` (on the model's device) makes it repeatable.
+
+    ``use_cache``: a model that keeps a KV cache (:class:`kdlib.models.TinyGPT`'s ``cache``,
+    a Hugging Face model's ``cache`` or ``past_key_values``) runs the prompt once and then
+    only each new token, instead of the whole prefix at every step (the same logits up to
+    rounding). Past the ``context``, the window slides and every step runs the window again.
     """
     if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be a (B, T0) tensor with T0 >= 1, got {prompt!r:.80}")
@@ -234,12 +421,24 @@ def generate(
     context = getattr(model, "context", None)
     pad = eos_token if pad_token is None else pad_token
     done = torch.zeros(len(tokens), dtype=torch.bool, device=device)
+    kind = _takes_cache(model) if use_cache else None
+    cache = None  # the KV cache, once the prompt has run
     was_training = model.training
     model.eval()
     try:
         for step in range(max_new_tokens):
-            window = tokens if context is None else tokens[:, -context:]
-            logits = model(window)[:, -1].float()
+            sliding = context is not None and tokens.shape[1] > context
+            if kind is None or sliding:
+                window = tokens if context is None else tokens[:, -context:]
+                logits = logits_of(model(window))[:, -1].float()
+            elif kind == "kdlib":
+                new = tokens if cache is None else tokens[:, -1:]
+                cache = [] if cache is None else cache
+                logits = model(new, cache=cache)[:, -1].float()
+            else:
+                new = tokens if cache is None else tokens[:, -1:]
+                out = model(new, use_cache=True, **{kind: cache})
+                cache, logits = out[kind], out.logits[:, -1].float()
             if temperature == 0:
                 nxt = logits.argmax(-1)
             else:
@@ -292,7 +491,7 @@ def sequence_log_probs(
     was_training = model.training
     model.eval()
     try:
-        log_p = F.log_softmax(model(tokens[:, :-1]).float(), dim=-1)
+        log_p = F.log_softmax(logits_of(model(tokens[:, :-1])).float(), dim=-1)
     finally:
         model.train(was_training)
     out = log_p.gather(-1, tokens[:, 1:, None]).squeeze(-1)
@@ -307,8 +506,10 @@ def next_token_loader(
     batch_size: int = 64,
     shuffle: bool = True,
     seed: int = 0,
+    return_index: bool = False,
 ) -> TensorLoader:
-    """A loader of ``(inputs, targets)`` for next-token prediction from ``(N, L)`` sequences.
+    """A loader of ``(inputs, targets)`` for next-token prediction from ``(N, L)`` sequences
+    (``(inputs, targets, index)`` with ``return_index``, for a :class:`TopKLogits` cache).
 
     ``inputs = tokens[:, :-1]`` and ``targets = tokens[:, 1:]``, both ``(N, L - 1)``, with the
     targets where ``mask`` ``(N, L - 1)`` is false set to ``IGNORE_INDEX`` (-1): padding and
@@ -321,7 +522,14 @@ def next_token_loader(
             f"{tuple(mask.shape)}"
         )
     targets = tokens[:, 1:].masked_fill(~mask.bool(), IGNORE_INDEX)
-    return TensorLoader(tokens[:, :-1], targets, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    return TensorLoader(
+        tokens[:, :-1],
+        targets,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        return_index=return_index,
+    )
 
 
 @torch.no_grad()
@@ -342,8 +550,10 @@ def sequence_kd_dataset(
     the teacher generated from the prompts (after the first ``eos_token``, ``pad_token``) and
     the ``(N, T0 + max_new_tokens - 1)`` mask of the generated targets (see
     :func:`mask_after_eos`), ready for :func:`next_token_loader`. Kim & Rush take the teacher's
-    beam-search output (an approximation of its mode); this samples (``temperature=1`` keeps the
-    teacher's distribution; ``temperature=0`` is greedy decoding, a mode-seeking variant).
+    beam-search output for each source sentence (an approximation of its mode given that
+    input); this samples (``temperature=1`` keeps the teacher's distribution). Greedy decoding
+    (``temperature=0``) is deterministic: from identical prompts (an unconditional model, every
+    prompt ``<s>``) every row is the same sentence, so it only makes sense with varied prompts.
     """
     chunks = [
         generate(
@@ -371,41 +581,151 @@ def top_k_teacher(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, t
     ``teacher_logits``: ``(..., V)``. Returns ``(log_probs, indices)``, both ``(..., k)``: the
     exact log-probabilities (``log_softmax`` over the full vocabulary, not renormalised) of the
     ``k`` top tokens and their ids. ``k`` values and ``k`` ids per token instead of ``V``
-    values; the missing mass ``1 - sum(exp(log_probs))`` is implied.
+    values; the missing mass ``1 - sum(exp(log_probs))`` is implied. float32 (float64 stays
+    float64).
     """
     vocab = teacher_logits.shape[-1]
-    if not 1 <= k <= vocab:
-        raise ValueError(f"k must be between 1 and the vocabulary size {vocab}, got {k}")
-    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+    if not isinstance(k, int) or not 1 <= k <= vocab:
+        raise ValueError(f"k must be an int between 1 and the vocabulary size {vocab}, got {k!r}")
+    dtype = torch.float64 if teacher_logits.dtype == torch.float64 else torch.float32
+    log_p = F.log_softmax(teacher_logits.to(dtype), dim=-1)
     return log_p.topk(k, dim=-1)
+
+
+def _log1mexp_sum(log_probs: torch.Tensor) -> torch.Tensor:
+    """``log(1 - sum(exp(log_probs)))`` over the last dimension, kept dim, floored at 1e-30."""
+    total = torch.logsumexp(log_probs, dim=-1, keepdim=True).clamp_max(0.0)
+    return torch.log((-torch.expm1(total)).clamp_min(1e-30))
+
+
+def with_tail(log_probs: torch.Tensor) -> torch.Tensor:
+    """``(..., k)`` log-probabilities of ``k`` tokens -> the ``(..., k + 1)`` log-distribution
+    with one more entry, the **tail bucket**: the log of the mass of every other token,
+    ``log(1 - sum_k p)``. Usable as ``teacher_logits`` of :func:`token_kd_loss` (a
+    log-distribution is its own logits) against :func:`student_top_k`'s student."""
+    return torch.cat([log_probs, _log1mexp_sum(log_probs)], dim=-1)
+
+
+def student_top_k(student_logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """The student's ``(..., k + 1)`` log-distribution over the teacher's top-``k`` tokens
+    ``indices`` ``(..., k)`` and one tail bucket for all other tokens (see :func:`with_tail`),
+    differentiable with respect to ``student_logits`` ``(..., V)``.
+
+    Distilling on these ``k + 1`` categories (as TRL's distillation from a server's top-k
+    log-probabilities does) compares the two models' masses on the kept tokens and on the rest
+    *as a whole*: a student equal to the teacher has loss 0, whatever ``k``. What is lost is how
+    the teacher spreads the tail among its tokens; the student keeps its own spread there.
+    """
+    dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    log_p = F.log_softmax(student_logits.to(dtype), dim=-1)
+    return with_tail(log_p.gather(-1, indices))
 
 
 def expand_top_k(log_probs: torch.Tensor, indices: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """A full ``(..., V)`` log-distribution from :func:`top_k_teacher`'s output.
 
-    The ``k`` kept tokens keep their exact probabilities; the remainder ``r = 1 - sum`` is one
-    bucket, spread evenly over the other ``V - k`` tokens (each gets ``r / (V - k)``). Not
-    dropped: a teacher probability of exactly 0 makes the reverse KL infinite wherever the
-    student puts any mass there. Usable as ``teacher_logits`` of :func:`token_kd_loss`.
+    The ``k`` kept tokens keep their exact probabilities; the remainder ``r = 1 - sum`` is
+    spread evenly over the other ``V - k`` tokens (each gets ``r / (V - k)``). This is *one*
+    way to rebuild a full distribution, and a poor target for distillation: the tail's real
+    tokens and impossible ones get the same share, so a student equal to the teacher no longer
+    has loss 0 (:func:`top_k_error` measures the gap). Distil on :func:`with_tail` and
+    :func:`student_top_k` instead.
     """
     k = log_probs.shape[-1]
     if k >= vocab_size:
-        out = torch.empty(*log_probs.shape[:-1], vocab_size, device=log_probs.device)
+        out = torch.empty(
+            *log_probs.shape[:-1], vocab_size, device=log_probs.device, dtype=log_probs.dtype
+        )
         return out.scatter_(-1, indices, log_probs)
-    remainder = (-torch.expm1(torch.logsumexp(log_probs, dim=-1, keepdim=True))).clamp_min(1e-12)
+    remainder = _log1mexp_sum(log_probs).exp().clamp_min(1e-12)
     fill = torch.log(remainder / (vocab_size - k))
     out = fill.expand(*log_probs.shape[:-1], vocab_size).clone()
     return out.scatter_(-1, indices, log_probs)
 
 
 def top_k_error(teacher_logits: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> float:
-    """Mean over (unmasked) positions of ``KL(p_T || p_T^(k))``, in nats: what keeping only
-    the top ``k`` teacher probabilities (:func:`expand_top_k`) loses. ``teacher_logits``:
-    ``(B, T, V)``, ``mask`` ``(B, T)``."""
+    """Mean over (unmasked) positions of ``KL(p_T || p_T^(k))``, in nats: what rebuilding the
+    teacher's distribution from its top ``k`` probabilities by spreading the rest evenly
+    (:func:`expand_top_k`) loses. ``teacher_logits``: ``(B, T, V)``, ``mask`` ``(B, T)``."""
     log_p = F.log_softmax(teacher_logits.float(), dim=-1)
-    approx = expand_top_k(*top_k_teacher(teacher_logits, k), teacher_logits.shape[-1])
+    approx = expand_top_k(*top_k_teacher(teacher_logits.float(), k), teacher_logits.shape[-1])
     per_token = (log_p.exp() * (log_p - approx)).sum(-1)
     return float(_reduce(per_token, mask, "mean"))
+
+
+def tail_mass(teacher_logits: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> float:
+    """Mean over (unmasked) positions of the teacher's probability outside its top ``k``: the
+    mass that top-``k`` distillation (:func:`student_top_k`) passes on only as one bucket."""
+    bucket = with_tail(top_k_teacher(teacher_logits, k)[0])[..., -1].exp()
+    return float(_reduce(bucket, mask, "mean"))
+
+
+@dataclass
+class TopKLogits:
+    """A teacher's top-``k`` log-probabilities for every token of a corpus, kept on disk.
+
+    ``log_probs``: ``(N, T, k)`` float16, ``indices``: ``(N, T, k)`` int32 (the token ids),
+    for the inputs ``tokens[:, :-1]`` of :func:`next_token_loader`; ``vocab_size``: the
+    teacher's vocabulary. ``k * (2 + 4)`` bytes per token instead of ``4 V``
+    (:attr:`bytes_per_token`). Written once by :func:`cache_top_k`; :meth:`load` maps the file
+    into memory (``torch.load(mmap=True)``), so a corpus larger than RAM is read as needed.
+    The teacher's log-probabilities are those at ``tau = 1``.
+    """
+
+    log_probs: torch.Tensor
+    indices: torch.Tensor
+    vocab_size: int
+
+    @property
+    def bytes_per_token(self) -> int:
+        return self.log_probs.shape[-1] * (
+            self.log_probs.element_size() + self.indices.element_size()
+        )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = dict(log_probs=self.log_probs, indices=self.indices, vocab_size=self.vocab_size)
+        torch.save(state, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TopKLogits:
+        state = torch.load(Path(path), mmap=True, weights_only=True)
+        return cls(state["log_probs"], state["indices"], int(state["vocab_size"]))
+
+
+@torch.no_grad()
+def cache_top_k(
+    teacher: nn.Module,
+    tokens: torch.Tensor,
+    k: int,
+    path: str | Path | None = None,
+    batch_size: int = 256,
+) -> TopKLogits:
+    """Run ``teacher`` once over ``tokens`` ``(N, L)`` and keep its top-``k`` log-probabilities
+    per input position (``tokens[:, :-1]``), as a :class:`TopKLogits`; saved to ``path`` when
+    given (then read back memory-mapped). Offline distillation then needs no teacher:
+    ``SequenceDistiller(student, None, teacher_cache=...)``."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be an (N, L) tensor with L >= 2, got {tokens!r:.80}")
+    device = device_of(teacher)
+    was_training = teacher.training
+    teacher.eval()
+    values, ids, vocab = [], [], None
+    try:
+        for i in range(0, len(tokens), batch_size):
+            z = logits_of(teacher(tokens[i : i + batch_size, :-1].to(device)))
+            vocab = z.shape[-1]
+            lp, idx = top_k_teacher(z, k)
+            values.append(lp.half().cpu())
+            ids.append(idx.int().cpu())
+    finally:
+        teacher.train(was_training)
+    cache = TopKLogits(torch.cat(values), torch.cat(ids), int(vocab))
+    if path is not None:
+        return TopKLogits.load(cache.save(path))
+    return cache
 
 
 # --- the training loop ----------------------------------------------------------------------
@@ -414,10 +734,15 @@ def top_k_error(teacher_logits: torch.Tensor, k: int, mask: torch.Tensor | None 
 class SequenceDistiller(Distiller):
     """The :class:`kdlib.distill.Distiller` for language models: ``(B, T, V)`` logits, a mask.
 
-    Batches are ``(inputs, targets)`` from :func:`next_token_loader` (targets ``-1`` where no
-    token is predicted). The Distiller's loop is reused as it is: ``fit`` (progress bar,
-    ``history``, checkpoints and ``resume``), the optimizer and schedule, and bf16 autocast on
-    CUDA (``amp=True``; the losses stay float32); only :meth:`step` differs. Per step:
+    Batches are ``(inputs, targets)`` from :func:`next_token_loader` (or :func:`from_hf_batch`
+    for Hugging Face ``input_ids`` and ``labels``), both ``(B, T)``: ``targets[b, t]`` is the
+    token that follows ``inputs[b, :t + 1]``, and a **negative** target (kdlib's -1, Hugging
+    Face's and TRL's -100) marks a position that is not predicted (padding, prompt). The
+    models are TinyGPTs or Hugging Face causal LMs (their ``.logits`` are used); with right
+    padding (what :func:`from_hf_batch` asks for) no attention mask is needed. The
+    Distiller's loop is reused as it is: ``fit`` (progress bar, ``history``, checkpoints and
+    ``resume``), the optimizer and schedule, and bf16 autocast on CUDA (``amp=True``; the
+    losses stay float32); only :meth:`step` differs. Per step:
 
     - no teacher: ``CE`` of the targets (the student trained on the text alone; sequence-level
       KD is this on :func:`sequence_kd_dataset`'s text);
@@ -429,15 +754,25 @@ class SequenceDistiller(Distiller):
       and ``tau^2 * D(p_T, p_S)`` is taken on every generated token (the teacher scores the
       student's text; nothing is backpropagated through the sampling). Otherwise the batch is
       used as in ``"token"``. ``alpha`` must be 0: the student's samples carry no labels.
+      GKD (Agarwal et al. 2024) recommends the reverse KL or ``jsd`` with a large ``beta``
+      (0.9) on-policy.
 
-    ``teacher_top_k``: the teacher's distributions are cut to their top ``k`` per token
-    (:func:`expand_top_k`) before the loss, as if only those had been stored.
+    ``teacher_top_k``: only the teacher's top ``k`` probabilities per token are used, as if
+    only those had been stored: the loss compares the two models on those ``k`` tokens and
+    one tail bucket for the rest (:func:`student_top_k`, :func:`with_tail`), at ``tau``.
+    ``teacher_cache``: a :class:`TopKLogits` of the training text (offline distillation, no
+    teacher model: ``teacher=None``); the loader must yield indices
+    (``next_token_loader(..., return_index=True)``); the same ``k + 1`` loss, ``tau = 1``.
+    ``vocab_size``: both models share one tokenizer of this many tokens but pad their output
+    layers to different sizes; the logits are cut to it (see :func:`token_kd_loss`).
 
-    Other keyword arguments (``lr``, ``optimizer``, ``device``, ``amp``, ``progress``, ...) are
-    the Distiller's. ``history`` holds ``train_loss`` per epoch (and ``train_hard``,
-    ``train_soft``); ``generated_tokens`` counts the tokens the student sampled,
-    ``teacher_tokens`` the positions the teacher scored, ``student_tokens`` those the student
-    trained on.
+    The first batch of every loader is checked (inputs, targets, logits: errors name the
+    argument); later batches run the same formulas with ``check=False``, without host
+    synchronisation. Other keyword arguments (``lr``, ``optimizer``, ``device``, ``amp``,
+    ``progress``, ...) are the Distiller's. ``history`` holds ``train_loss`` per epoch (and
+    ``train_hard``, ``train_soft``); ``generated_tokens`` counts the tokens the student
+    sampled, ``teacher_tokens`` the positions the teacher scored, ``student_tokens`` those the
+    student trained on.
     """
 
     def __init__(
@@ -456,21 +791,32 @@ class SequenceDistiller(Distiller):
         pad_token: int | None = None,
         sample_temperature: float = 1.0,
         teacher_top_k: int | None = None,
+        teacher_cache: TopKLogits | None = None,
+        vocab_size: int | None = None,
         seed: int = 0,
         **kwargs,
     ):
         if mode not in ("token", "on_policy"):
             raise ValueError(f"mode must be 'token' or 'on_policy', got {mode!r}")
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-        if divergence == "jsd" and not 0.0 < beta < 1.0:
-            raise ValueError(f"beta must lie strictly between 0 and 1, got {beta!r}")
+        _check_options(temperature, divergence, beta, "mean")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
         if not 0.0 <= lmbda <= 1.0:
             raise ValueError(
                 f"lmbda (the share of on-policy batches) must lie in [0, 1], got {lmbda!r}"
             )
+        if teacher_top_k is not None and not (isinstance(teacher_top_k, int) and teacher_top_k):
+            raise ValueError(f"teacher_top_k must be an int >= 1 or None, got {teacher_top_k!r}")
+        if teacher_cache is not None:
+            if not isinstance(teacher_cache, TopKLogits):
+                raise ValueError(
+                    f"teacher_cache must be a TopKLogits, got {type(teacher_cache).__name__}"
+                )
+            if teacher is not None or mode != "token" or temperature != 1.0:
+                raise ValueError(
+                    "teacher_cache is offline distillation: teacher=None, mode='token' and "
+                    "temperature=1 (the cache holds the teacher's log-probabilities at tau = 1)"
+                )
         if mode == "on_policy":
             if teacher is None:
                 raise ValueError("mode='on_policy' needs a teacher to score the student's samples")
@@ -481,7 +827,10 @@ class SequenceDistiller(Distiller):
                     "mode='on_policy' needs alpha=0: the student's samples have no labels"
                 )
         if kwargs.pop("cache_teacher", False):
-            raise ValueError("SequenceDistiller has no teacher cache (on-policy inputs change)")
+            raise ValueError(
+                "SequenceDistiller has no in-memory logit cache (on-policy inputs change): "
+                "use teacher_cache=TopKLogits for a corpus"
+            )
         super().__init__(
             student, teacher, temperature=temperature, alpha=alpha, loss=_unused_loss, **kwargs
         )
@@ -490,10 +839,10 @@ class SequenceDistiller(Distiller):
         self.eos_token = eos_token
         self.pad_token = eos_token if pad_token is None else pad_token
         self.sample_temperature, self.teacher_top_k = sample_temperature, teacher_top_k
+        self.teacher_cache, self.vocab_size = teacher_cache, vocab_size
         self.sampler = torch.Generator(device=self.device).manual_seed(seed)
         self.coin = torch.Generator().manual_seed(seed + 1)  # on-policy or not, per batch
         self.generated_tokens = self.teacher_tokens = self.student_tokens = 0
-        self._checked = False
 
     def _on_policy_batch(self, x: torch.Tensor):
         """The student's continuations of ``x``'s prompts: ``(inputs, mask)``."""
@@ -514,10 +863,13 @@ class SequenceDistiller(Distiller):
         return seq[:, :-1], mask
 
     def step(self, batch, student_taps=None, teacher_taps=None) -> dict:
-        """One optimisation step on ``batch = (inputs, targets)``, both ``(B, T)``."""
+        """One optimisation step on ``batch = (inputs, targets[, index])``, ``(B, T)`` each."""
+        check = self.first_batch.pending  # the first batch of each loader (kdlib.training)
         x = batch[0].to(self.device, non_blocking=True)
         y = batch[1].to(self.device, non_blocking=True)
-        mask = y != IGNORE_INDEX
+        if check:
+            _check_batch(x, y, self.teacher_cache, batch)
+        mask = y >= 0
         on_policy = (
             self.mode == "on_policy"
             and self.lmbda > 0
@@ -526,31 +878,25 @@ class SequenceDistiller(Distiller):
         if on_policy:
             x, mask = self._on_policy_batch(x)
         with self._autocast():  # through DDP's wrapper under torchrun: gradients stay in sync
-            student_logits = self._train_student(x)
-        student_logits = student_logits.float()
+            student_logits = logits_of(self._train_student(x)).float()
+        if self.vocab_size is not None:
+            student_logits = student_logits[..., : self.vocab_size]
+        if check and not on_policy:
+            _check_targets(y, student_logits.shape[-1])
+        n = mask.sum()
         parts = {}
-        if not self.teachers:
-            total = F.cross_entropy(student_logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX)
-            self.student_tokens += int(mask.sum())
+        if not self.teachers and self.teacher_cache is None:
+            total = _masked_cross_entropy(student_logits, y, mask)
+            self.student_tokens += int(n)
         else:
-            with torch.no_grad(), self._autocast():
-                teacher_logits = self.teachers[0](x).float()
-            if self.teacher_top_k is not None:
-                teacher_logits = expand_top_k(
-                    *top_k_teacher(teacher_logits, self.teacher_top_k), teacher_logits.shape[-1]
-                )
-            args = (self.temperature, self.divergence, self.beta, "mean")
-            if not self._checked:  # inputs checked once, then the same formula unchecked
-                soft = token_kd_loss(student_logits, teacher_logits, mask, *args)
-                self._checked = True
-            else:
-                soft = _token_kd(student_logits, teacher_logits, mask, *args)
+            student_in, teacher_in, tau = self._soft_inputs(x, student_logits, batch)
+            args = dict(temperature=tau, divergence=self.divergence, beta=self.beta)
+            soft = token_kd_loss(student_in, teacher_in, mask, **args, check=check)
             soft = soft * self.temperature**2
-            n = int(mask.sum())
-            self.teacher_tokens += n
-            self.student_tokens += n
+            self.teacher_tokens += int(n)
+            self.student_tokens += int(n)
             if self.alpha > 0 and not on_policy:
-                hard = F.cross_entropy(student_logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX)
+                hard = _masked_cross_entropy(student_logits, y, mask)
             else:
                 hard = torch.zeros((), device=self.device)
             total = self.alpha * hard + (1.0 - self.alpha) * soft
@@ -558,15 +904,32 @@ class SequenceDistiller(Distiller):
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
+        self.first_batch.done()
         parts["loss"] = total.detach()
         return parts
+
+    def _soft_inputs(self, x, student_logits, batch):
+        """What :func:`token_kd_loss` compares: ``(student, teacher, temperature)``."""
+        if self.teacher_cache is not None:  # offline: the stored top-k, tau = 1
+            index = batch[2].cpu()
+            log_probs = self.teacher_cache.log_probs[index].to(self.device).float()
+            indices = self.teacher_cache.indices[index].to(self.device).long()
+            return student_top_k(student_logits, indices), with_tail(log_probs), 1.0
+        with torch.no_grad(), self._autocast():
+            teacher_logits = logits_of(self.teachers[0](x)).float()
+        if self.vocab_size is not None:
+            teacher_logits = teacher_logits[..., : self.vocab_size]
+        if self.teacher_top_k is None:
+            return student_logits, teacher_logits, self.temperature
+        log_probs, indices = top_k_teacher(teacher_logits / self.temperature, self.teacher_top_k)
+        student = student_top_k(student_logits / self.temperature, indices)
+        return student, with_tail(log_probs), 1.0
 
     def fit(self, train_loader, epochs: int = 10, val_loader=None, **kwargs) -> list[dict]:
         """:meth:`kdlib.distill.Distiller.fit`; ``val_loader`` is not supported (the
         Distiller evaluates classifiers): evaluate with :func:`lm_metrics` afterwards."""
         if val_loader is not None:
             raise ValueError("SequenceDistiller.fit takes no val_loader: use lm_metrics after")
-        self._checked = False
         history = super().fit(train_loader, epochs=epochs, **kwargs)
         last = history[-1]["train_loss"] if history else 0.0
         if not math.isfinite(last):
@@ -575,6 +938,84 @@ class SequenceDistiller(Distiller):
                 "(lower the learning rate)"
             )
         return history
+
+
+def _masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask) -> torch.Tensor:
+    """Mean next-token cross-entropy over the positions where ``mask`` is true (0 if none)."""
+    per_token = F.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")
+    return _reduce(per_token, mask, "mean")
+
+
+def _check_batch(x, y, teacher_cache, batch) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.is_floating_point():
+        raise ValueError(
+            f"inputs must be (B, T) token ids (an integer tensor), got "
+            f"{tuple(getattr(x, 'shape', ()))} {getattr(x, 'dtype', type(x).__name__)}"
+        )
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
+        raise ValueError(
+            f"targets (labels) must have the inputs' shape {tuple(x.shape)}, got "
+            f"{tuple(getattr(y, 'shape', ()))}: targets[b, t] is the token after inputs[b, :t+1]"
+        )
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"targets (labels) must be integer token ids, got {y.dtype}")
+    if teacher_cache is not None:
+        if len(batch) < 3:
+            raise ValueError(
+                "teacher_cache needs the loader to yield indices: "
+                "next_token_loader(..., return_index=True)"
+            )
+        if tuple(teacher_cache.indices.shape[1:2]) != tuple(x.shape[1:2]):
+            raise ValueError(
+                f"teacher_cache covers sequences of {teacher_cache.indices.shape[1]} tokens, "
+                f"the inputs have {x.shape[1]}"
+            )
+
+
+def _check_targets(y: torch.Tensor, vocab: int) -> None:
+    valid = y[y >= 0]
+    if valid.numel() and int(valid.max()) >= vocab:
+        raise ValueError(
+            f"targets (labels) contain token id {int(valid.max())}, outside the student's "
+            f"vocabulary of {vocab} tokens (negative targets, such as -100, are ignored)"
+        )
+
+
+def from_hf_batch(
+    input_ids: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hugging Face's causal-LM batch -> kdlib's ``(inputs, targets)``.
+
+    Hugging Face passes ``labels`` aligned with ``input_ids`` (the model shifts them; -100 is
+    ignored) and an ``attention_mask`` (0 on padding). kdlib's batches are shifted already:
+    ``inputs = input_ids[:, :-1]`` and ``targets = labels[:, 1:]`` (``labels`` defaults to
+    ``input_ids``), with -100 wherever the target is padding. Padding must be on the right
+    (``tokenizer.padding_side = "right"``): then no attention mask is needed in the forward.
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] < 2:
+        raise ValueError(f"input_ids must be a (B, L) tensor with L >= 2, got {input_ids!r:.80}")
+    labels = input_ids if labels is None else labels
+    if tuple(labels.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"labels must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
+        )
+    targets = labels[:, 1:].clone()
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got "
+                f"{tuple(attention_mask.shape)}"
+            )
+        keep = attention_mask.bool()
+        if bool((keep[:, 1:] & ~keep[:, :-1]).any()):
+            raise ValueError(
+                "attention_mask has padding before tokens (left padding): pad on the right "
+                '(tokenizer.padding_side = "right")'
+            )
+        targets = targets.masked_fill(~keep[:, 1:], -100)
+    return input_ids[:, :-1], targets
 
 
 def _unused_loss(*args):  # the Distiller's `loss=`: SequenceDistiller.step computes its own
@@ -792,7 +1233,7 @@ def kl_to_truth(
     was_training = model.training
     model.eval()
     try:
-        log_q = F.log_softmax(model(tokens[:, :-1].to(device)).float(), dim=-1).cpu()
+        log_q = F.log_softmax(logits_of(model(tokens[:, :-1].to(device))).float(), dim=-1).cpu()
     finally:
         model.train(was_training)
     p = true_probs
@@ -812,6 +1253,37 @@ def distinct_ngrams(tokens: torch.Tensor, mask: torch.Tensor, n: int = 2) -> flo
             grams.add(tuple(words[i : i + n]))
             total += 1
     return len(grams) / max(total, 1)
+
+
+@torch.no_grad()
+def acceptance_rate(
+    draft: nn.Module, target: nn.Module, tokens: torch.Tensor, mask: torch.Tensor
+) -> float:
+    """Speculative decoding's per-token acceptance rate of ``draft`` proposing for ``target``.
+
+    In speculative sampling (Leviathan, Kalman & Matias, "Fast Inference from Transformers via
+    Speculative Decoding", ICML 2023, arXiv:2211.17192; Chen et al. 2023, arXiv:2302.01318) a
+    small draft model proposes tokens that the large target model verifies in one pass; a
+    proposed token is kept with probability ``min(1, p_T / p_S)``, which keeps the target's
+    distribution exactly. At a context the chance of acceptance is
+    ``alpha = sum_v min(p_T(v), p_S(v)) = 1 - TV(p_T, p_S)``: a student distilled closer to its
+    teacher drafts better. Returned: the exact ``alpha`` (a sum over the vocabulary, not a
+    simulation) averaged over the positions of ``tokens`` ``(N, L)`` where ``mask``
+    ``(N, L - 1)`` is true. With ``gamma`` tokens drafted per target pass and acceptances
+    independent, each pass yields ``(1 - alpha^(gamma + 1)) / (1 - alpha)`` tokens on average.
+    """
+    x = tokens[:, :-1]
+    p = []
+    for model in (draft, target):
+        device = device_of(model)
+        was_training = model.training
+        model.eval()
+        try:
+            p.append(torch.softmax(logits_of(model(x.to(device))).float(), -1).cpu())
+        finally:
+            model.train(was_training)
+    per_token = torch.minimum(p[0], p[1]).sum(-1)
+    return float(_reduce(per_token, mask.cpu(), "mean"))
 
 
 @torch.no_grad()
@@ -843,7 +1315,7 @@ def lm_metrics(
         x = test.tokens[:, :-1].to(device)
         was = model.training
         model.eval()
-        agree = (model(x).argmax(-1) == teacher(x).argmax(-1)).cpu()
+        agree = (logits_of(model(x)).argmax(-1) == logits_of(teacher(x)).argmax(-1)).cpu()
         model.train(was)
         out["agreement"] = float(agree[test.mask].float().mean())
     gen = torch.Generator(device=device).manual_seed(seed)

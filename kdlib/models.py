@@ -288,12 +288,30 @@ class _CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
         self.n_heads, self.dropout = n_heads, dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: list | None = None, layer: int = 0) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(2)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, heads, T, d / heads)
+        if cache is not None:  # keys and values of the earlier positions, then these
+            if len(cache) > layer:
+                k = torch.cat([cache[layer][0], k], dim=2)
+                v = torch.cat([cache[layer][1], v], dim=2)
+                cache[layer] = (k, v)
+            else:
+                cache.append((k, v))
+        past = k.shape[2] - t
+        # is_causal aligns the mask to the top left: right only when there is no past. With a
+        # past, query i (position past + i) sees keys 0..past + i: an explicit mask.
+        mask = None
+        if past and t > 1:
+            mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(past)
         y = nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=not past,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
@@ -313,8 +331,8 @@ class _DecoderBlock(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, cache: list | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer)
         return x + self.mlp(self.ln2(x))
 
 
@@ -328,6 +346,11 @@ class TinyGPT(nn.Module):
 
     Input: token ids ``(B, T)`` (int64, ``T <= context``). Output: next-token logits
     ``(B, T, vocab_size)``; the logits at position ``t`` depend on tokens ``0..t`` only.
+
+    ``cache``: a list (empty at first) in which every layer keeps the keys and values of the
+    positions seen so far (a KV cache, for generation): the next call passes only the new
+    tokens, which take the positions after the cached ones. Each generated token then costs
+    one position's work instead of a pass over the whole prefix (:func:`kdlib.lm.generate`).
     """
 
     def __init__(
@@ -361,17 +384,19 @@ class TinyGPT(nn.Module):
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: list | None = None) -> torch.Tensor:
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (B, T), got {tuple(tokens.shape)}")
-        if tokens.shape[1] > self.context:
+        start = cache[0][0].shape[2] if cache else 0
+        if start + tokens.shape[1] > self.context:
             raise ValueError(
-                f"sequence of {tokens.shape[1]} tokens is longer than the context ({self.context})"
+                f"sequence of {start + tokens.shape[1]} tokens is longer than the context "
+                f"({self.context})"
             )
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x = self.drop(self.tok(tokens) + self.pos(positions))
-        for block in self.blocks:
-            x = block(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
         return self.head(self.ln_f(x))
 
 

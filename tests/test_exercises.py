@@ -105,13 +105,6 @@ def test_bad_names_are_refused():
             pass
 
 
-# Private names that other work in flight removes from kdlib.lm; delete each entry when it lands.
-KNOWN_PRIVATE_BLOCKS = {
-    "kdlib.lm._token_kd",  # the language-model work deletes this copy of token_kd_loss
-    "kdlib.lm._per_token_divergence",  # ... and makes the per-token formula public or inline
-}
-
-
 def test_the_notebooks_block_only_public_functions():
     """A graded test blocks kdlib's public implementation of what the exercise asks; a private
     helper or fast copy in a blocked list is a hole waiting to open (the next copy is missed)."""
@@ -128,7 +121,7 @@ def test_the_notebooks_block_only_public_functions():
                 names |= set(re.findall(r"['\"](kdlib\.[\w.]+)['\"]", call))
     assert len(names) > 20, names  # the lists were found
     private = {n for n in names if any(part.startswith("_") for part in n.split("."))}
-    assert private <= KNOWN_PRIVATE_BLOCKS, sorted(private - KNOWN_PRIVATE_BLOCKS)
-    for name in names - KNOWN_PRIVATE_BLOCKS:  # and each still exists
+    assert not private, sorted(private)
+    for name in names:  # and each still exists
         module, _, attr = name.rpartition(".")
         assert hasattr(__import__(module, fromlist=[attr]), attr), name

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kdlib import lm
+from kdlib.data import TensorLoader
 from kdlib.models import TinyGPT
 from kdlib.runtime import seed_everything
 
@@ -309,3 +310,278 @@ def test_fast_mode_distilled_student_is_closer_to_the_truth_than_text_alone():
     teacher_kl = lm.kl_to_truth(teacher, test_text.tokens, *truth)
     mean = {k: sum(v) / len(v) for k, v in kl.items()}
     assert teacher_kl < mean["distilled"] < mean["text"], (teacher_kl, kl)
+
+
+# --- one formula with check=, labels, top-k with a tail bucket, padded vocabularies ---------
+
+
+@pytest.mark.parametrize("divergence", lm.DIVERGENCES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", [{}, {"temperature": 2.0, "beta": 0.9}, {"vocab_size": 3}])
+def test_check_false_is_the_same_formula(logits, divergence, reduction, options):
+    """check=False skips the input checks only: the same value and the same gradient."""
+    zs, zt, mask = logits
+    out = {}
+    for check in (True, False):
+        s = zs.clone().requires_grad_(True)
+        value = lm.token_kd_loss(
+            s, zt, mask, divergence=divergence, reduction=reduction, check=check, **options
+        )
+        value.sum().backward()
+        out[check] = (value.detach(), s.grad)
+    assert torch.equal(out[True][0], out[False][0])
+    assert torch.equal(out[True][1], out[False][1])
+    assert out[True][1].abs().sum() > 0
+
+
+def test_sequence_distiller_checks_the_first_batch_of_each_loader(monkeypatch):
+    source = lm.SentenceSource()
+    text = source.sample(64, seed=0)
+    seed_everything(0)
+    teacher = TinyGPT(len(source.vocab), 11, 16, 1, 2)
+    student = TinyGPT(len(source.vocab), 11, 8, 1, 2)
+    calls = []
+    real = lm.token_kd_loss
+    monkeypatch.setattr(
+        lm, "token_kd_loss", lambda *a, **k: calls.append(k["check"]) or real(*a, **k)
+    )
+    trainer = lm.SequenceDistiller(student, teacher, progress=False)
+    first = lm.next_token_loader(text.tokens, text.mask, 16, seed=0)  # 4 batches
+    trainer.fit(first, 2)
+    assert calls == [True] + [False] * 7
+    trainer.fit(first, 3)  # the same loader, one more epoch: no new check
+    assert calls[8:] == [False] * 4
+    bad_targets = text.tokens[:, 1:].clone()
+    bad_targets[5, 2] = len(source.vocab)  # a token id outside the vocabulary
+    second = TensorLoader(text.tokens[:, :-1], bad_targets, batch_size=64)
+    with pytest.raises(ValueError, match="targets"):
+        trainer.fit(second, 4)
+
+
+def test_negative_labels_are_ignored_like_hugging_face():
+    """-100 (Hugging Face, TRL) and -1 (kdlib) both mark positions that are not predicted:
+    the same training, the same token counts; a target outside the vocabulary, a float target
+    or a target of another shape is refused, naming the targets."""
+    source = lm.SentenceSource()
+    text = source.sample(48, seed=0)
+    V = len(source.vocab)
+    results = {}
+    for ignore in (-1, -100):
+        for who in ("text", "teacher"):
+            seed_everything(0)
+            teacher = TinyGPT(V, 11, 16, 1, 2)
+            student = TinyGPT(V, 11, 8, 1, 2)
+            targets = text.tokens[:, 1:].masked_fill(~text.mask, ignore)
+            loader = TensorLoader(text.tokens[:, :-1], targets, batch_size=16)
+            trainer = lm.SequenceDistiller(
+                student,
+                teacher if who == "teacher" else None,
+                alpha=0.5 if who == "teacher" else 0.0,
+                progress=False,
+            )
+            history = trainer.fit(loader, 2)
+            results[ignore, who] = ([h["train_loss"] for h in history], trainer.student_tokens)
+    for who in ("text", "teacher"):
+        assert results[-1, who] == results[-100, who]
+        assert results[-1, who][1] == 2 * int(text.mask.sum())  # valid targets only
+    student = TinyGPT(V, 11, 8, 1, 2)
+    x = text.tokens[:16, :-1]
+    for bad, match in (
+        (torch.full_like(x, V), "vocabulary"),
+        (x.float(), "integer"),
+        (x[:, :-1], "shape"),
+    ):
+        trainer = lm.SequenceDistiller(student, None, progress=False)
+        with pytest.raises(ValueError, match=match):
+            trainer.fit([(x, bad)], 1)
+
+
+def test_from_hf_batch_shifts_labels_and_masks_padding():
+    ids = torch.tensor([[5, 6, 7, 0], [5, 8, 0, 0]])
+    attention = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    labels = torch.tensor([[-100, 6, 7, -100], [-100, 8, -100, -100]])  # prompt token masked
+    x, y = lm.from_hf_batch(ids, labels, attention)
+    assert x.tolist() == [[5, 6, 7], [5, 8, 0]]
+    assert y.tolist() == [[6, 7, -100], [8, -100, -100]]
+    assert lm.from_hf_batch(ids, attention_mask=attention)[1].tolist() == [
+        [6, 7, -100],
+        [8, -100, -100],
+    ]
+    with pytest.raises(ValueError, match="left padding"):
+        lm.from_hf_batch(ids, attention_mask=torch.tensor([[0, 1, 1, 1], [1, 1, 0, 0]]))
+    with pytest.raises(ValueError, match="labels"):
+        lm.from_hf_batch(ids, labels[:, :3])
+
+
+def test_expand_top_k_keeps_float64_when_k_is_the_vocabulary():
+    z = torch.randn(2, 3, 5, dtype=torch.float64)
+    lp, idx = lm.top_k_teacher(z, 5)
+    assert lp.dtype == torch.float64
+    full = lm.expand_top_k(lp, idx, 5)
+    assert full.dtype == torch.float64
+    assert torch.allclose(full, torch.log_softmax(z, -1), atol=1e-12)
+
+
+@pytest.mark.parametrize(("V", "k"), [(23, 2), (32_000, 8)])
+def test_top_k_with_a_tail_bucket_gives_zero_for_a_student_equal_to_the_teacher(V, k):
+    """Spreading the missing mass evenly penalises a student equal to the teacher; one tail
+    bucket (the k tokens and the rest as a whole) gives 0, and a positive loss otherwise."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 4, V, generator=g) * 3
+    lp, idx = lm.top_k_teacher(z, k)
+    even = lm.token_kd_loss(z, lm.expand_top_k(lp, idx, V))
+    assert even > 0.05  # the old target: not 0 for the teacher itself
+    teacher = lm.with_tail(lp)
+    assert torch.allclose(teacher.exp().sum(-1), torch.ones(2, 4), atol=1e-5)
+    for divergence in lm.DIVERGENCES:
+        same = lm.token_kd_loss(lm.student_top_k(z, idx), teacher, divergence=divergence)
+        assert abs(same.item()) < 1e-6, (divergence, same)
+        other = z + torch.randn(2, 4, V, generator=g)
+        assert lm.token_kd_loss(lm.student_top_k(other, idx), teacher, divergence=divergence) > 0
+    assert 0 < lm.tail_mass(z, k) < 1 and lm.tail_mass(z, V) < 1e-6
+
+
+def test_top_k_students_gradient_reaches_every_token():
+    """The student's tail tokens get a gradient through the bucket: pushed down together
+    when the student puts more mass outside the top k than the teacher."""
+    z_t = torch.tensor([[[4.0, 3.0, 0.0, 0.0, 0.0]]])
+    z_s = torch.zeros(1, 1, 5, requires_grad=True)
+    lp, idx = lm.top_k_teacher(z_t, 2)
+    lm.token_kd_loss(lm.student_top_k(z_s, idx), lm.with_tail(lp)).backward()
+    grad = z_s.grad[0, 0]
+    assert (grad[:2] < 0).all() and (grad[2:] > 0).all()
+    assert torch.allclose(grad[2:], grad[2].expand(3))
+
+
+def test_padded_vocabularies_are_sliced_to_the_tokenizer():
+    g = torch.Generator().manual_seed(1)
+    zs, zt = torch.randn(2, 3, 7, generator=g), torch.randn(2, 3, 7, generator=g)
+    want = lm.token_kd_loss(zs, zt, divergence="jsd")
+    padded_s = torch.cat([zs, torch.randn(2, 3, 3, generator=g)], -1)  # 10 rows
+    padded_t = torch.cat([zt, torch.full((2, 3, 1), 9.0)], -1)  # 8 rows
+    with pytest.raises(ValueError, match="vocab_size"):
+        lm.token_kd_loss(padded_s, padded_t)
+    got = lm.token_kd_loss(padded_s, padded_t, divergence="jsd", vocab_size=7)
+    assert torch.allclose(got, want, atol=1e-7)
+    with pytest.raises(ValueError, match="vocab_size"):
+        lm.token_kd_loss(padded_s, padded_t, vocab_size=9)
+    # the same in the loop: a student with 3 padding rows learns from a teacher with none
+    source = lm.SentenceSource()
+    text = source.sample(32, seed=0)
+    V = len(source.vocab)
+    seed_everything(0)
+    teacher, student = TinyGPT(V, 11, 16, 1, 2), TinyGPT(V + 3, 11, 8, 1, 2)
+    loader = lm.next_token_loader(text.tokens, text.mask, 16)
+    history = lm.SequenceDistiller(student, teacher, vocab_size=V, progress=False).fit(loader, 1)
+    assert math.isfinite(history[0]["train_loss"])
+
+
+def test_tinygpt_kv_cache_gives_the_same_logits_and_samples():
+    torch.manual_seed(0)
+    model = TinyGPT(13, context=12, d_model=16, n_layers=2, n_heads=2).eval()
+    x = torch.randint(0, 13, (3, 10))
+    full = model(x)
+    cache = []
+    parts = [model(x[:, :4], cache=cache), model(x[:, 4:7], cache=cache)]  # 3 queries, 7 keys
+    parts += [model(x[:, t : t + 1], cache=cache) for t in range(7, 10)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="context"):
+        model(torch.zeros(3, 3, dtype=torch.long), cache=cache)  # 10 + 3 > 12
+    prompt = torch.ones(5, 2, dtype=torch.long)
+    for temperature in (0.0, 1.0):
+        runs = [
+            lm.generate(
+                model,
+                prompt,
+                14,
+                temperature=temperature,
+                use_cache=use,
+                generator=torch.Generator().manual_seed(3),
+            )
+            for use in (True, False)
+        ]
+        assert torch.equal(runs[0], runs[1])  # past the context (16 > 12) the window slides
+
+
+def test_top_k_logits_cached_on_disk_distil_like_the_live_teacher(tmp_path):
+    """Offline distillation from the teacher's top-k log-probabilities read back from disk
+    (memory-mapped, float16) follows the live top-k teacher to float16 rounding."""
+    source = lm.SentenceSource()
+    text = source.sample(64, seed=0)
+    V = len(source.vocab)
+    seed_everything(0)
+    teacher = TinyGPT(V, 11, 16, 1, 2)
+    cache = lm.cache_top_k(teacher, text.tokens, 4, tmp_path / "top4.pt", batch_size=20)
+    assert cache.log_probs.shape == (64, 11, 4) and cache.vocab_size == V
+    assert cache.bytes_per_token == 4 * (2 + 4)
+    lp, idx = lm.top_k_teacher(teacher(text.tokens[:, :-1]), 4)
+    assert torch.equal(cache.indices.long(), idx)
+    assert torch.allclose(cache.log_probs.float(), lp, atol=1e-2)
+    losses = {}
+    for how in ("live", "disk"):
+        seed_everything(1)
+        student = TinyGPT(V, 11, 8, 1, 2)
+        loader = lm.next_token_loader(text.tokens, text.mask, 16, return_index=how == "disk")
+        trainer = (
+            lm.SequenceDistiller(student, teacher, teacher_top_k=4, progress=False)
+            if how == "live"
+            else lm.SequenceDistiller(student, None, teacher_cache=cache, progress=False)
+        )
+        losses[how] = [h["train_loss"] for h in trainer.fit(loader, 2)]
+    assert losses["live"] == pytest.approx(losses["disk"], rel=1e-2)
+    with pytest.raises(ValueError, match="return_index"):
+        lm.SequenceDistiller(
+            TinyGPT(V, 11, 8, 1, 2), None, teacher_cache=cache, progress=False
+        ).fit(lm.next_token_loader(text.tokens, text.mask, 16), 1)
+
+
+@pytest.mark.parametrize("divergence", lm.DIVERGENCES)
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 100])
+def test_chunked_loss_has_the_value_and_gradient_of_the_unchunked_one(divergence, chunk_size):
+    """From hidden states and output layers, a chunk of tokens at a time: the same value and
+    the same gradients (hidden states and head) as token_kd_loss on the full logits, with a
+    mask, a temperature and padded vocabularies; nothing reaches the teacher."""
+    g = torch.Generator().manual_seed(0)
+    B, T, d, V = 3, 5, 8, 50
+    hs = torch.randn(B, T, d, generator=g, dtype=torch.float64)
+    ws = torch.randn(V + 3, d, generator=g, dtype=torch.float64)
+    ht = torch.randn(B, T, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    wt = torch.randn(V, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(B, T, generator=g) > 0.3
+    options = dict(temperature=2.0, divergence=divergence, beta=0.3, vocab_size=V)
+    grads = []
+    for chunked in (False, True):
+        h, w = hs.clone().requires_grad_(True), ws.clone().requires_grad_(True)
+        if chunked:
+            value = lm.chunked_token_kd_loss(h, w, ht, wt, mask, chunk_size=chunk_size, **options)
+        else:
+            value = lm.token_kd_loss(h @ w.T, ht @ wt.T, mask, **options)
+        (3.0 * value).backward()
+        grads.append((value.detach(), h.grad, w.grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert ht.grad is None and wt.grad is None
+    float32 = lm.chunked_token_kd_loss(
+        hs.float(), ws.float(), ht.float(), wt.float(), mask, chunk_size=chunk_size, **options
+    )
+    assert float32.dtype == torch.float32
+    assert abs(float32.item() - grads[0][0].item()) < 1e-5
+    with pytest.raises(ValueError, match="student_head"):
+        lm.chunked_token_kd_loss(hs, ws[:, :3], ht, wt, mask)
+    with pytest.raises(ValueError, match="chunk_size"):
+        lm.chunked_token_kd_loss(hs, ws, ht, wt, mask, chunk_size=0, vocab_size=V)
+
+
+def test_acceptance_rate_is_one_minus_the_total_variation():
+    source = lm.SentenceSource()
+    text = source.sample(16, seed=0)
+    V = len(source.vocab)
+    seed_everything(0)
+    a, b = TinyGPT(V, 11, 16, 1, 2), TinyGPT(V, 11, 8, 1, 2)
+    assert lm.acceptance_rate(a, a, text.tokens, text.mask) == pytest.approx(1.0, abs=1e-6)
+    got = lm.acceptance_rate(a, b, text.tokens, text.mask)
+    with torch.no_grad():
+        p, q = (torch.softmax(m(text.tokens[:, :-1]), -1) for m in (a, b))
+    tv = 0.5 * (p - q).abs().sum(-1)[text.mask].mean().item()
+    assert got == pytest.approx(1 - tv, abs=1e-6) and got < 1
+    assert lm.acceptance_rate(b, a, text.tokens, text.mask) == pytest.approx(got, abs=1e-6)

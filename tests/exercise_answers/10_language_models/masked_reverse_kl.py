@@ -56,3 +56,12 @@ def masked_reverse_kl(student_logits, teacher_logits, mask):
     log_p_s = F.log_softmax(student_logits, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.detach(), dim=-1)
     return (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1)[mask].mean()
+
+# %% bug: the mean per sentence, then the mean over sentences (short sentences weigh more)
+def masked_reverse_kl(student_logits, teacher_logits, mask):
+    log_p_s = F.log_softmax(student_logits, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.detach(), dim=-1)
+    per_token = (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1) * mask
+    per_row = per_token.sum(1) / mask.sum(1).clamp_min(1)
+    rows = (mask.sum(1) > 0).sum().clamp_min(1)
+    return per_row.sum() / rows

@@ -93,3 +93,18 @@ def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
             done |= nxt == eos
             tokens = torch.cat([tokens, nxt[:, None]], 1)
     return tokens, (tokens[:, 1:] == eos).long().cumsum(1) == 0
+
+# %% bug: the teacher left in train mode (its dropout samples from another model)
+def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
+    tokens = torch.full((n, length), pad, dtype=torch.long)
+    tokens[:, 0] = bos
+    mask = torch.zeros(n, length - 1, dtype=torch.bool)
+    alive = torch.ones(n, dtype=torch.bool)
+    with torch.no_grad():
+        for t in range(1, length):
+            probs = F.softmax(teacher(tokens[:, :t])[:, -1], dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            tokens[:, t] = torch.where(alive, nxt, torch.full_like(nxt, pad))
+            mask[:, t - 1] = alive
+            alive = alive & (nxt != eos)
+    return tokens, mask
