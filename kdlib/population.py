@@ -220,7 +220,7 @@ class Population:
         correct = (logits.argmax(-1) == y).double().mean(-1).tolist()
         losses = [torch.nn.functional.cross_entropy(z, y).item() for z in logits]
         return [
-            {"seed": s, "accuracy": a, "loss": l} for s, a, l in zip(self.seeds, correct, losses)
+            {"seed": s, "accuracy": a, "loss": v} for s, a, v in zip(self.seeds, correct, losses)
         ]
 
     def accuracy(self, data) -> list[float]:
