@@ -44,6 +44,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -375,6 +376,7 @@ def train_population(
     weight_decay: float = 0.0,
     optimizer: Callable | None = None,
     lr_schedule: Callable | None = None,
+    label_smoothing: float = 0.0,
     shuffle: str = "paired",
     device: str | torch.device | None = None,
     max_bytes: int | None = None,
@@ -383,7 +385,8 @@ def train_population(
 
     Member ``s`` equals ``seed_everything(s); m = model_fn(); train_supervised(m, train_loader,
     epochs, lr=lr, ...)`` (float tolerance). The cross-entropy is :func:`kdlib.losses.hard_loss`
-    (averaged over the labelled samples, -1 skipped).
+    (averaged over the labelled samples, -1 skipped); with ``label_smoothing`` the same
+    cross-entropy against smoothed targets, as ``train_supervised(label_smoothing=...)``.
 
     Args:
         train_loader: a loader yielding ``(x, y[, index])``; with ``shuffle="paired"`` (default)
@@ -396,10 +399,18 @@ def train_population(
         max_bytes: see :class:`Population`.
     """
     epochs = _check_epochs(epochs)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
     pop = Population(model_fn, seeds, device, max_bytes)
 
     def loss(z, t, y):
-        return hard_loss(z, y)
+        if label_smoothing == 0.0:
+            return hard_loss(z, y)
+        # the cross-entropy with smoothed targets, averaged over the labelled samples
+        total = F.cross_entropy(
+            z, y, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing, reduction="sum"
+        )
+        return total / (y != IGNORE_INDEX).sum().clamp_min(1)
 
     return _train(
         pop,

@@ -159,7 +159,7 @@ class Comparison:
     def holds(self, expected) -> bool:
         """Whether the interval supports ``expected``: ``"greater"`` (it lies above 0),
         ``"less"`` (below 0), ``"no-difference"`` (it contains 0), ``{"above": x}`` (above x),
-        ``{"below": x}`` (below x)."""
+        ``{"below": x}`` (below x), ``{"within": x}`` (inside (-x, x): "at most x either way")."""
         lo, hi = self.ci95
         if expected == "greater":
             return lo > 0
@@ -173,9 +173,11 @@ class Comparison:
                 return lo > bound
             if kind == "below":
                 return hi < bound
+            if kind == "within":
+                return -bound < lo and hi < bound
         raise ValueError(
-            f"expected must be 'greater', 'less', 'no-difference', {{'above': x}} or "
-            f"{{'below': x}}, got {expected!r}"
+            f"expected must be 'greater', 'less', 'no-difference', {{'above': x}}, "
+            f"{{'below': x}} or {{'within': x}}, got {expected!r}"
         )
 
     def __str__(self) -> str:

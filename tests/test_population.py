@@ -170,3 +170,14 @@ def test_a_population_too_large_is_refused_before_allocating():
     with pytest.raises(MemoryError, match=f"{need:,} bytes"):
         Population(mlp, range(1000), device="cpu", max_bytes=need - 1)
     assert len(Population(mlp, range(4), device="cpu", max_bytes=need)) == 4
+
+
+def test_label_smoothing_equals_each_seed_alone(digits):
+    pop = train_population(
+        mlp, SEEDS[:2], loader(digits), 1, lr=1e-2, device="cpu", label_smoothing=0.1
+    )
+    for k, s in enumerate(SEEDS[:2]):
+        seed_everything(s)
+        alone = mlp()
+        train_supervised(alone, loader(digits), 1, lr=1e-2, device="cpu", label_smoothing=0.1)
+        assert_same_state(alone, pop.member(k))

@@ -71,6 +71,7 @@ def test_holds_follows_the_interval():
     assert c.holds("greater") and not c.holds("less") and not c.holds("no-difference")
     assert c.holds({"above": 1.0}) and not c.holds({"above": 10.0})
     assert mean_interval([0.01, 0.02, 0.0]).holds({"below": 5})
+    assert c.holds({"within": 10.0}) and not c.holds({"within": 5.0})
     with pytest.raises(ValueError, match="expected must be"):
         c.holds("bigger")
 

@@ -50,7 +50,8 @@ class Claims:
     def record(self, id: str, text: str, comparison, expected, show: bool = True) -> dict:
         """Record that ``comparison`` (a :class:`kdlib.stats.Comparison`: a paired difference
         or one quantity's interval) supports ``expected``: ``"greater"``, ``"less"``,
-        ``"no-difference"``, ``{"above": x}`` or ``{"below": x}`` (in the comparison's unit).
+        ``"no-difference"``, ``{"above": x}``, ``{"below": x}`` or ``{"within": x}`` (in the
+        comparison's unit).
         Prints the claim and whether it holds; returns its record."""
         if not isinstance(id, str) or not id.isidentifier():
             raise ValueError(f"id must be a short identifier such as 'few_labels_gain', got {id!r}")
@@ -58,7 +59,7 @@ class Claims:
             raise ValueError(f"claim id {id!r} is recorded twice in {self.notebook}")
         if not (expected in EXPECTED or isinstance(expected, dict)):
             raise ValueError(
-                f"expected must be one of {EXPECTED} or {{'above': x}} / {{'below': x}}, "
+                f"expected must be one of {EXPECTED} or {{'above' | 'below' | 'within': x}}, "
                 f"got {expected!r}"
             )
         holds = bool(comparison.holds(expected))
