@@ -115,7 +115,8 @@ class Comparison:
     ``estimate`` and ``ci95`` are in the unit of the data times ``scale`` (accuracies given as
     fractions with ``scale=100`` are in points); ``n_seeds`` pairs; ``sd`` the standard
     deviation of the per-seed differences (same unit); ``method`` "t", "bootstrap" or "welch";
-    ``a`` and ``b`` name the methods (``b`` is ``None`` for a single quantity).
+    ``a`` and ``b`` name the methods (``b`` is ``None`` for a single quantity); ``over`` names
+    what the pairs are ("seeds"; "simulated experiments" in a simulation).
     """
 
     a: str
@@ -126,6 +127,7 @@ class Comparison:
     sd: float
     method: str
     unit: str = "points"
+    over: str = "seeds"
 
     @property
     def excludes_zero(self) -> bool:
@@ -138,7 +140,7 @@ class Comparison:
         """The comparison in words, e.g. ``"KD beats labels only by 4.6 points [+3.9, +5.3],
         8 seeds"`` or ``"no difference detected between KD and labels only: +0.2 points
         [-0.5, +0.9], 8 seeds"``."""
-        seeds = f"{self.n_seeds} seeds"
+        seeds = f"{self.n_seeds} {self.over}"
         unit = f" {self.unit}" if self.unit else ""
         if self.b is None:
             return f"{self.a}: {self.estimate:.1f}{unit} {self._interval()}, {seeds}"
@@ -234,6 +236,7 @@ def paired_difference(
     confidence: float = 0.95,
     n_resamples: int = 10_000,
     seed: int = 0,
+    over: str = "seeds",
 ) -> Comparison:
     """The mean of ``a[s] - b[s]`` over the seeds ``s`` and its confidence interval.
 
@@ -256,7 +259,7 @@ def paired_difference(
         raise ValueError(
             f"a and b must hold one value per seed for the same seeds, got {len(a)} and {len(b)}"
         )
-    return _compare((a - b) * scale, names, unit, method, confidence, n_resamples, seed)
+    return _compare((a - b) * scale, names, unit, method, confidence, n_resamples, seed, over)
 
 
 def mean_interval(
@@ -269,14 +272,15 @@ def mean_interval(
     confidence: float = 0.95,
     n_resamples: int = 10_000,
     seed: int = 0,
+    over: str = "seeds",
 ) -> Comparison:
     """The mean of one quantity over seeds and its interval (``b`` is ``None``), e.g. a
     recall that a claim bounds: ``mean_interval(recalls).holds({"below": 5})``."""
     v = _values(values, "values") * scale
-    return _compare(v, (name, None), unit, method, confidence, n_resamples, seed)
+    return _compare(v, (name, None), unit, method, confidence, n_resamples, seed, over)
 
 
-def _compare(d, names, unit, method, confidence, n_resamples, seed) -> Comparison:
+def _compare(d, names, unit, method, confidence, n_resamples, seed, over) -> Comparison:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
     _check_n(len(d), "the comparison")
@@ -287,7 +291,7 @@ def _compare(d, names, unit, method, confidence, n_resamples, seed) -> Compariso
     else:
         raise ValueError(f"method must be 't' or 'bootstrap', got {method!r}")
     return Comparison(
-        names[0], names[1], mean, (lo, hi), len(d), float(d.std(ddof=1)), method, unit
+        names[0], names[1], mean, (lo, hi), len(d), float(d.std(ddof=1)), method, unit, over
     )
 
 
