@@ -495,13 +495,18 @@ def distill_population(
     vectorised, so ``alpha=1.0, terms=[DKDTerm()]`` is DKD. A custom ``loss(z_S, z_T, y)`` or
     another term that uses only the logits runs member by member; terms that tap features or
     own parameters (``HintTerm``, ``AttentionTerm``, ``RelationTerm``) fall back to one
-    Distiller per seed, with a warning.
+    Distiller per seed, with a warning. ``terms`` may be a factory ``() -> list of terms``,
+    called for each seed right after its model is made (so that an adapter starts as it would
+    in that seed's run alone); a plain list is copied for each seed.
 
     ``cache_teacher``: the teacher's logits of every training sample are computed once, before
     the first step (a ``TensorLoader`` with ``return_index=True`` and no transform). The
     other arguments are those of :func:`train_population`.
     """
     epochs = _check_epochs(epochs)
+    make_terms = terms if callable(terms) else None
+    if make_terms is not None:  # a factory: one fresh set of terms (adapters) per seed
+        terms = make_terms()
     if not isinstance(teacher, nn.Module):
         raise ValueError(
             f"teacher must be one nn.Module (a trained model), got "
@@ -530,7 +535,7 @@ def distill_population(
             train_loader,
             epochs,
             val_loader,
-            terms=terms,
+            terms=make_terms or (lambda: copy.deepcopy(terms)),
             temperature=temperature,
             alpha=alpha,
             loss=loss,
@@ -590,9 +595,10 @@ def distill_population(
 
 
 def _distill_one_by_one(
-    model_fn, seeds, teacher, train_loader, epochs, val_loader, *, device, shuffle, **kwargs
+    model_fn, seeds, teacher, train_loader, epochs, val_loader, *, device, shuffle, terms, **kwargs
 ) -> Population:
-    """The fallback: one Distiller per seed, then the trained members stacked."""
+    """The fallback: one Distiller per seed (with ``terms()``, a fresh set of terms, made right
+    after the seed's model), then the trained members stacked."""
     seeds = check_seeds(seeds)
     loaders = _member_loaders(train_loader, seeds, shuffle) or [train_loader] * len(seeds)
     generator = getattr(train_loader, "generator", None)
@@ -603,9 +609,7 @@ def _distill_one_by_one(
             generator.set_state(start)
         seed_everything(s)
         model = model_fn()
-        opt = kwargs.pop("optimizer", None)
-        distiller = Distiller(model, teacher, device=device, optimizer=opt, **kwargs)
-        kwargs["optimizer"] = opt
+        distiller = Distiller(model, teacher, device=device, terms=terms(), **kwargs)
         histories.append(distiller.fit(loader, epochs, val_loader=val_loader))
         members.append(model)
     pop = Population.from_members(members, seeds)

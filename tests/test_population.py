@@ -181,3 +181,20 @@ def test_label_smoothing_equals_each_seed_alone(digits):
         alone = mlp()
         train_supervised(alone, loader(digits), 1, lr=1e-2, device="cpu", label_smoothing=0.1)
         assert_same_state(alone, pop.member(k))
+
+
+def test_adapters_are_fresh_per_seed_in_the_fallback(digits, teacher):
+    from kdlib.features import HintTerm
+
+    def terms():
+        return [HintTerm("block2", "block2", 8, 16, weight=1.0)]
+
+    with pytest.warns(UserWarning, match="one by one"):
+        pop = distill_population(
+            cnn, SEEDS[:2], teacher, loader(digits), 1, lr=1e-2, device="cpu", terms=terms
+        )
+    for k, s in enumerate(SEEDS[:2]):
+        seed_everything(s)
+        alone = cnn()
+        Distiller(alone, teacher, lr=1e-2, device="cpu", terms=terms()).fit(loader(digits), 1)
+        assert_same_state(alone, pop.member(k))
