@@ -236,7 +236,7 @@ def render_scoreboard(notebooks) -> str:
         f"seeds (or one quantity's mean) with its 95% interval; it holds when the interval "
         f"supports the expected direction.</p>\n"
         "<table><tr><th>notebook</th><th>claim</th><th>estimate [95% interval]</th>"
-        "<th>expected</th><th>seeds</th><th>holds</th></tr>\n" + "\n".join(rows) + "\n</table>"
+        "<th>expected</th><th>n</th><th>holds</th></tr>\n" + "\n".join(rows) + "\n</table>"
     )
 
 

@@ -5,7 +5,7 @@ papermill, on the ``python3`` kernel a student uses, with the run's parameters i
 each notebook's ``parameters`` cell. Everything lands in the output folder (``build/course``)::
 
     build/course/
-        index.html            one page: results table, plots, links to every notebook
+        index.html            one page: claims scoreboard, key figures, links to every notebook
         results.json          per notebook: status, parameters, seconds, figures, claims, error
         NN_name.ipynb         the executed notebook (also written when it fails)
         NN_name.html          the same, rendered by nbconvert
