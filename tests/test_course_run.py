@@ -30,7 +30,7 @@ results_dir = None     # kdlib course run sets it; save_results writes <results_
 """
 
 
-def write_notebook(folder, stem, body, extra_parameters="", figures="{}"):
+def write_notebook(folder, stem, body, extra_parameters="", figures="{}", claims="None"):
     """``folder/stem/stem.ipynb``: title, imports, parameters, ``body`` cells, save_results."""
     params = nbformat.v4.new_code_cell(PARAMETERS + extra_parameters)
     params.metadata["tags"] = ["parameters"]
@@ -40,7 +40,7 @@ def write_notebook(folder, stem, body, extra_parameters="", figures="{}"):
         params,
         *(nbformat.v4.new_code_cell(source) for source in body),
         nbformat.v4.new_code_cell(
-            f"kdlib.course.results.save_results({stem!r}, {figures}, results_dir)"
+            f"kdlib.course.results.save_results({stem!r}, {figures}, results_dir, {claims})"
         ),
     ]
     nb = nbformat.v4.new_notebook(cells=cells)
@@ -59,8 +59,12 @@ def source(tmp_path_factory):
     write_notebook(folder, "01_broken", ["x = 1", 'raise ValueError("deliberately <broken>")'])
     write_notebook(
         folder, "02_answer",
-        ["answer = 6 * 7\nprint(f'the answer is {answer}')"],
+        ["answer = 6 * 7\nprint(f'the answer is {answer}')",
+         "from kdlib.course.results import Claims\nfrom kdlib.stats import mean_interval\n"
+         "claims = Claims('02_answer')\nclaims.record('answer_positive', 'the answer is positive',"
+         " mean_interval([answer, answer + 1], 'answer', scale=1.0), 'greater')"],
         figures='{"answer": answer, "seed_plus": seed + 100, "fast": int(fast)}',
+        claims="claims",
     )
     write_notebook(
         folder, "03_plot",
@@ -177,6 +181,9 @@ def test_two_notebook_subset(source, tmp_path, capsys):
     assert any("'scale'" in w for w in answer["warnings"])
     saved = json.loads((out / "results" / "02_answer.json").read_text())
     assert saved["figures"] == answer["figures"]
+    # the claims the notebook recorded: in its results file, in results.json, on the scoreboard
+    assert [c["id"] for c in saved["claims"]] == ["answer_positive"] and saved["claims"][0]["holds"]
+    assert answer["claims"] == saved["claims"] and plot["claims"] == []
 
     # index.html links each notebook rendered to HTML, shows figures and the plot
     page = (out / "index.html").read_text()
@@ -184,11 +191,13 @@ def test_two_notebook_subset(source, tmp_path, capsys):
         assert f'href="{stem}.html"' in page and f'href="{stem}.ipynb"' in page
         assert "the answer is 42" in (out / "02_answer.html").read_text()
     assert "answer=42" in page and "data:image/png;base64," in page
+    assert "1 of 1 claims hold" in page and "the answer is positive" in page
 
     # one console line per notebook, with its time and headline figures
     lines = capsys.readouterr().out.splitlines()
     line = next(x for x in lines if x.startswith("02_answer"))
     assert " ok " in line and "answer=42" in line and "seed_plus=105" in line
+    assert "claims 1/1 hold" in line
     assert any(x.startswith("03_plot") and "value=7.5" in x for x in lines)
 
 
