@@ -107,9 +107,7 @@ def main(argv=None) -> dict:
         "workloads": {},
     }
     for name in args.workloads:
-        results["workloads"][name] = measure(
-            WORKLOADS[name], args.sizes, args.epochs, args.repeats
-        )
+        results["workloads"][name] = measure(WORKLOADS[name], args.sizes, args.epochs, args.repeats)
         w = results["workloads"][name]
         print(f"{name}: one seed {w['one_seed_s']:.3f} s ({args.epochs} epochs)")
         print(f"{'S':>4} {'sequential':>11} {'population':>11} {'pop/one':>8} {'seq/pop':>8}")
@@ -119,8 +117,10 @@ def main(argv=None) -> dict:
                 f"{row['population_over_one']:>8.2f} {row['sequential_over_population']:>8.2f}"
             )
     results["machine"]["load_after"] = os.getloadavg()[0]
-    print(f"load average {results['machine']['load_before']:.2f} -> "
-          f"{results['machine']['load_after']:.2f}")
+    print(
+        f"load average {results['machine']['load_before']:.2f} -> "
+        f"{results['machine']['load_after']:.2f}"
+    )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
