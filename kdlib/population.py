@@ -224,6 +224,19 @@ class Population:
             {"seed": s, "accuracy": a, "loss": v} for s, a, v in zip(self.seeds, correct, losses)
         ]
 
+    def table(self, **splits) -> list[dict]:
+        """One row per seed, ``{"seed", "<name>_accuracy", "<name>_loss"}`` for each split
+        given by name, e.g. ``pop.table(val=digits.val, test=digits.test)``; the last epoch's
+        training loss of the population is in :attr:`history`."""
+        if not splits:
+            raise ValueError("table needs at least one split by name, e.g. table(test=data.test)")
+        rows = [{"seed": s} for s in self.seeds]
+        for name, data in splits.items():
+            for row, result in zip(rows, self.evaluate(data)):
+                row[f"{name}_accuracy"] = result["accuracy"]
+                row[f"{name}_loss"] = result["loss"]
+        return rows
+
     def accuracy(self, data) -> list[float]:
         """Accuracy of each member on ``data``, in seed order."""
         return [row["accuracy"] for row in self.evaluate(data)]

@@ -132,6 +132,10 @@ def test_evaluate_gives_one_row_per_seed_matching_the_member(digits):
     for k, row in enumerate(rows):
         assert abs(row["accuracy"] - evaluate(pop.member(k), digits.test)["accuracy"]) < 1e-9
     assert len(pop.history) == 1 and len(pop.history[0]["val_accuracy"]) == len(SEEDS)
+    table = pop.table(val=digits.val, test=digits.test)
+    assert [row["seed"] for row in table] == SEEDS
+    assert [row["test_accuracy"] for row in table] == [r["accuracy"] for r in rows]
+    assert [row["val_accuracy"] for row in table] == pop.history[0]["val_accuracy"]
 
 
 def test_feature_terms_fall_back_to_one_distiller_per_seed_and_say_so(digits, teacher):
