@@ -30,6 +30,12 @@ that tap features or own parameters, such as FitNets adapters; teachers given as
 falls back to training the seeds one after the other with :class:`kdlib.distill.Distiller`,
 and says so once with a warning; the result has the same shape.
 
+Models: ``MLP`` and ``SmallCNN`` with every loss here; ``TinyGPT`` (logits ``(B, T, V)``) on
+the text alone (:func:`train_population`: the next-token cross-entropy over the labelled
+tokens); its token-level distillation stays with ``kdlib.lm.SequenceDistiller``. PyTorch has
+no ``vmap`` rule for the CPU's fused attention kernel, so on the CPU a TinyGPT population runs
+its attention member by member (PyTorch warns once): correct, without the speed-up.
+
 Entry points: :func:`train_population` (labels only, as ``train_supervised``) and
 :func:`distill_population` (a frozen teacher, as ``Distiller``); both return a
 :class:`Population`, whose :meth:`Population.evaluate` gives one row per seed.
@@ -158,7 +164,7 @@ class Population:
         params, buffers = stack_module_state(members)
         self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         self.buffers = buffers
-        self.skeleton = copy.deepcopy(members[0]).to("meta")  # structure only, no storage
+        self.skeleton = copy.deepcopy(members[0])  # the structure (tied weights stay tied)
         self.history: list[dict] = []
 
     @classmethod
@@ -173,7 +179,7 @@ class Population:
         params, buffers = stack_module_state(list(members))
         pop.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         pop.buffers = buffers
-        pop.skeleton = copy.deepcopy(members[0]).to("meta")
+        pop.skeleton = copy.deepcopy(members[0])
         pop.history = []
         return pop
 
@@ -246,9 +252,14 @@ class Population:
         alone)."""
         if not 0 <= k < len(self):
             raise ValueError(f"member index must be in [0, {len(self)}), got {k}")
-        model = copy.deepcopy(self.skeleton).to_empty(device=self.device)
+        model = copy.deepcopy(self.skeleton)
         state = {n: t[k].detach().clone() for n, t in {**self.params, **self.buffers}.items()}
-        model.load_state_dict(state)
+        # a tied weight (TinyGPT's output layer is its embedding) is stored under one name only
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+        if unexpected or not set(missing) <= names:
+            raise RuntimeError(f"member state does not fit the model: {missing}, {unexpected}")
+        model.train(False)
         return model
 
     def members(self) -> list[nn.Module]:
@@ -398,7 +409,9 @@ def train_population(
 
     Member ``s`` equals ``seed_everything(s); m = model_fn(); train_supervised(m, train_loader,
     epochs, lr=lr, ...)`` (float tolerance). The cross-entropy is :func:`kdlib.losses.hard_loss`
-    (averaged over the labelled samples, -1 skipped); with ``label_smoothing`` the same
+    (averaged over the labelled samples, -1 skipped; for a language model such as
+    ``TinyGPT``, whose logits are ``(B, T, V)``, over the labelled tokens, as
+    ``kdlib.lm.SequenceDistiller`` without a teacher); with ``label_smoothing`` the same
     cross-entropy against smoothed targets, as ``train_supervised(label_smoothing=...)``.
 
     Args:
@@ -417,6 +430,8 @@ def train_population(
     pop = Population(model_fn, seeds, device, max_bytes)
 
     def loss(z, t, y):
+        if z.dim() > 2:  # a language model's (B, T, V): every labelled token is a sample
+            z, y = z.reshape(-1, z.shape[-1]), y.reshape(-1)
         if label_smoothing == 0.0:
             return hard_loss(z, y)
         # the cross-entropy with smoothed targets, averaged over the labelled samples

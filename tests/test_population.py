@@ -202,3 +202,25 @@ def test_adapters_are_fresh_per_seed_in_the_fallback(digits, teacher):
         alone = cnn()
         Distiller(alone, teacher, lr=1e-2, device="cpu", terms=terms()).fit(loader(digits), 1)
         assert_same_state(alone, pop.member(k))
+
+
+def test_tinygpt_on_text_alone_equals_each_seed_alone():
+    from kdlib.lm import SequenceDistiller, next_token_loader
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 12, (48, 9), generator=g)
+    mask = torch.ones(48, 8, dtype=torch.bool)
+    mask[:, :2] = False  # a prompt that is not predicted
+
+    def gpt():
+        return models.TinyGPT(12, context=8, d_model=16, n_layers=1, n_heads=2)
+
+    def text():
+        return next_token_loader(tokens, mask, batch_size=16, seed=3)
+
+    pop = train_population(gpt, SEEDS[:2], text(), 2, lr=3e-3, device="cpu")
+    for k, s in enumerate(SEEDS[:2]):
+        seed_everything(s)
+        alone = gpt()
+        SequenceDistiller(alone, None, lr=3e-3, device="cpu").fit(text(), 2)
+        assert_same_state(alone, pop.member(k))
