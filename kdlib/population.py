@@ -17,18 +17,22 @@ gradient of its own loss, and Adam is element-wise, so one optimiser over the st
 makes the S updates of S optimisers. ``tests/test_population.py`` checks that every member
 equals the same seed trained alone with ``train_supervised`` or ``Distiller``.
 
-The loss of a batch is computed once for all members when that is exact: :func:`kd_loss` and
-:func:`dkd_loss` average over the batch, and with every member seeing the same labels the mean
-over the ``S * B`` stacked samples is the mean of the members' losses (so the population
-minimises ``S`` times it). Otherwise (per-seed shuffles over partly unlabelled data, a custom
-loss or a term that relates the samples of a batch) the loss runs member by member.
+The loss of a batch is computed once for all members when that is exact: :func:`kd_loss`,
+:func:`dkd_loss` and attention transfer average over the batch, and with every member seeing
+the same labels the mean over the ``S * B`` stacked samples is the mean of the members' losses
+(so the population minimises ``S`` times it). Otherwise (per-seed shuffles over partly
+unlabelled data, a custom loss, or a term that relates the samples of a batch: RKD, SP) the
+loss runs member by member on the vectorised forward pass's outputs. Feature terms read the
+features the course's models hand out (``model(x, return_features=True)``), for every member
+at once.
 
 BatchNorm keeps running statistics per member (the buffers are stacked too). Dropout draws
 different masks per member (``randomness="different"``), so a model with dropout trains
 correctly but does not repeat the masks of a run alone. What cannot be vectorised here (terms
-that tap features or own parameters, such as FitNets adapters; teachers given as a list)
-falls back to training the seeds one after the other with :class:`kdlib.distill.Distiller`,
-and says so once with a warning; the result has the same shape.
+that own parameters, such as FitNets adapters, or tap a module that is not one of the model's
+named features) falls back to training the seeds one after the other with
+:class:`kdlib.distill.Distiller`, and says so once with a warning; the result has the same
+shape.
 
 Models: ``MLP`` and ``SmallCNN`` with every loss here; ``TinyGPT`` (logits ``(B, T, V)``) on
 the text alone (:func:`train_population`: the next-token cross-entropy over the labelled
@@ -56,6 +60,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from kdlib.data import TensorLoader
 from kdlib.distill import Batch, Distiller, freeze, pick_device, seed_everything
+from kdlib.features import AttentionTerm
 from kdlib.losses import IGNORE_INDEX, DKDTerm, hard_loss, kd_loss
 
 __all__ = [
@@ -196,14 +201,19 @@ class Population:
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
 
-    def forward(self, x: torch.Tensor, train: bool, per_member: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, train: bool, per_member: bool = False, features: bool = False
+    ):
         """Logits ``(S, B, C)`` of every member on ``x``: ``(B, ...)`` shared by the members,
         or ``(S, B, ...)`` with ``per_member``. ``train`` sets the members' mode (BatchNorm
-        batch statistics and running-statistic updates, dropout)."""
+        batch statistics and running-statistic updates, dropout). With ``features``, also the
+        members' named features ``{name: (S, B, ...)}`` (``model(x, return_features=True)``
+        of the course's models)."""
         self.skeleton.train(train)
+        kwargs = {"return_features": True} if features else {}
 
         def one(params, buffers, inputs):
-            return functional_call(self.skeleton, (params, buffers), (inputs,))
+            return functional_call(self.skeleton, (params, buffers), (inputs,), kwargs)
 
         dims = (0, 0, 0 if per_member else None)
         return vmap(one, in_dims=dims, randomness="different")(self.params, self.buffers, x)
@@ -324,8 +334,10 @@ def _train(
     optimizer,
     lr_schedule,
     shuffle: str,
+    features: tuple = (),
 ) -> Population:
-    """The loop shared by both entry points: one step updates every member."""
+    """The loop shared by both entry points: one step updates every member. ``features``:
+    ``(student names, teacher names)`` of the features the loss needs, or empty."""
     loaders = _member_loaders(train_loader, pop.seeds, shuffle)
     has_unlabelled = isinstance(train_loader, TensorLoader) and bool(
         (train_loader.y == IGNORE_INDEX).any()
@@ -348,19 +360,41 @@ def _train(
                 ys = torch.stack([b[1] for b in group]).to(pop.device)
                 index = torch.stack([b[2] for b in group]) if len(group[0]) > 2 else None
                 y = None
-            z = pop.forward(x, train=True, per_member=loaders is not None).float()  # (S, B, C)
-            t = teacher_logits(x, index, loaders is not None) if teacher_logits else None
+            per_member = loaders is not None
+            sf = tf = {}  # student and teacher features, by name: (S, B, ...)
+            if features:
+                z, sf = pop.forward(x, train=True, per_member=per_member, features=True)
+                sf = {k: v for k, v in sf.items() if k in features[0]}
+            else:
+                z = pop.forward(x, train=True, per_member=per_member)
+            z = z.float()  # (S, B, C)
+            t = teacher_logits(x, index, per_member) if teacher_logits else None
+            if isinstance(t, tuple):  # (logits, features) of a teacher whose features are tapped
+                t, tf = t[0], {k: v for k, v in t[1].items() if k in features[1]}
+                if not per_member:
+                    tf = {k: v.expand(S, *v.shape) for k, v in tf.items()}
             if t is not None and t.dim() == 2:
                 t = t.expand(S, *t.shape)
             if stacked_loss is not None:
                 loss = stacked_loss(
-                    z.flatten(0, 1), None if t is None else t.flatten(0, 1), ys.flatten(0, 1).long()
+                    z.flatten(0, 1),
+                    None if t is None else t.flatten(0, 1),
+                    ys.flatten(0, 1).long(),
+                    {k: v.flatten(0, 1) for k, v in sf.items()},
+                    {k: v.flatten(0, 1) for k, v in tf.items()},
                 )
                 total = S * loss  # the sum of the members' losses
                 mean = loss.detach()
             else:
                 parts = [
-                    member_loss(z[s], None if t is None else t[s], ys[s].long()) for s in range(S)
+                    member_loss(
+                        z[s],
+                        None if t is None else t[s],
+                        ys[s].long(),
+                        {k: v[s] for k, v in sf.items()},
+                        {k: v[s] for k, v in tf.items()},
+                    )
+                    for s in range(S)
                 ]
                 total = torch.stack(parts).sum()
                 mean = total.detach() / S
@@ -429,7 +463,7 @@ def train_population(
         raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
     pop = Population(model_fn, seeds, device, max_bytes)
 
-    def loss(z, t, y):
+    def loss(z, t, y, sf=None, tf=None):
         if z.dim() > 2:  # a language model's (B, T, V): every labelled token is a sample
             z, y = z.reshape(-1, z.shape[-1]), y.reshape(-1)
         if label_smoothing == 0.0:
@@ -454,9 +488,17 @@ def train_population(
     )
 
 
-def _teacher_logits_fn(teacher: nn.Module, device, train_loader, cache: bool, batch_size=512):
+def _teacher_logits_fn(
+    teacher: nn.Module, device, train_loader, cache: bool, features: bool = False, batch_size=512
+):
     """``f(x, index, per_member) -> (B, C) or (S, B, C)`` teacher logits: by running the frozen
-    teacher, or from a table of every training sample's logits computed once (``cache``)."""
+    teacher, or from a table of every training sample's logits computed once (``cache``).
+    With ``features``: ``(logits, {name: features})``, from ``teacher(x, return_features=True)``."""
+    if cache and features:
+        raise ValueError(
+            "cache_teacher=True caches logits only, but the terms tap teacher features: the "
+            "teacher must run every step"
+        )
     if cache:
         if not isinstance(train_loader, TensorLoader) or not train_loader.return_index:
             raise ValueError(
@@ -485,10 +527,15 @@ def _teacher_logits_fn(teacher: nn.Module, device, train_loader, cache: bool, ba
 
     def run(x, index, per_member):
         with torch.no_grad():
+            inputs = x.flatten(0, 1) if per_member else x
+            out = teacher(inputs, return_features=True) if features else teacher(inputs)
+            logits, feats = out if features else (out, {})
+            logits = logits.float()
             if per_member:
                 S, B = x.shape[:2]
-                return teacher(x.flatten(0, 1)).float().view(S, B, -1)
-            return teacher(x).float()
+                logits = logits.view(S, B, -1)
+                feats = {k: v.view(S, B, *v.shape[1:]) for k, v in feats.items()}
+            return (logits, feats) if features else logits
 
     return run
 
@@ -520,12 +567,12 @@ def distill_population(
     temperature=..., alpha=..., terms=..., lr=...).fit(train_loader, epochs)`` (float
     tolerance). The loss is :func:`kdlib.losses.kd_loss` (``alpha`` weights the hard term)
     plus ``term.weight * term(batch)`` for each term; :class:`kdlib.losses.DKDTerm` is
-    vectorised, so ``alpha=1.0, terms=[DKDTerm()]`` is DKD. A custom ``loss(z_S, z_T, y)`` or
-    another term that uses only the logits runs member by member; terms that tap features or
-    own parameters (``HintTerm``, ``AttentionTerm``, ``RelationTerm``) fall back to one
-    Distiller per seed, with a warning. ``terms`` may be a factory ``() -> list of terms``,
-    called for each seed right after its model is made (so that an adapter starts as it would
-    in that seed's run alone); a plain list is copied for each seed.
+    vectorised, so ``alpha=1.0, terms=[DKDTerm()]`` is DKD, and so is ``AttentionTerm``; a
+    ``RelationTerm`` (RKD, SP), a custom ``loss(z_S, z_T, y)`` or another term runs member by
+    member on the vectorised outputs; a term with parameters (``HintTerm``'s adapter) falls
+    back to one Distiller per seed, with a warning. ``terms`` may be a factory
+    ``() -> list of terms``, called for each seed right after its model is made (so that an
+    adapter starts as it would in that seed's run alone); a plain list is copied for each seed.
 
     ``cache_teacher``: the teacher's logits of every training sample are computed once, before
     the first step (a ``TensorLoader`` with ``return_index=True`` and no transform). The
@@ -541,20 +588,24 @@ def distill_population(
             f"{type(teacher).__name__}; several teachers: train with Distiller"
         )
     terms = list(terms)
+    student_names = {n for t in terms for n in getattr(t, "student_features", ())}
+    teacher_names = {n for t in terms for n in getattr(t, "teacher_features", ())}
+    seed_everything(check_seeds(seeds)[0])
+    probe = model_fn()  # which features the model hands out (model(x, return_features=True))
     looped = [
         t
         for t in terms
-        if getattr(t, "student_features", ())
-        or getattr(t, "teacher_features", ())
-        or (isinstance(t, nn.Module) and any(p.requires_grad for p in t.parameters()))
+        if (isinstance(t, nn.Module) and any(p.requires_grad for p in t.parameters()))
+        or not set(getattr(t, "student_features", ())) <= set(getattr(probe, "feature_names", ()))
+        or not set(getattr(t, "teacher_features", ())) <= set(getattr(teacher, "feature_names", ()))
     ]
     if looped:
         names = ", ".join(type(t).__name__ for t in looped)
         _say_once(
             f"loop:{names}",
-            f"distill_population: {names} taps features or has "
-            f"parameters and is not vectorised: training the seeds one by one with "
-            f"Distiller",
+            f"distill_population: {names} has parameters (an adapter) or taps "
+            f"features the model does not return, and is not vectorised: training the "
+            f"seeds one by one with Distiller",
         )
         return _distill_one_by_one(
             model_fn,
@@ -587,13 +638,15 @@ def distill_population(
             return out.total if hasattr(out, "total") else out
         return kd_loss(z, t, y, temperature=temperature, alpha=alpha)
 
-    def with_terms(z, t, y, which):
+    def with_terms(z, t, y, sf, tf):
         total = base(z, t, y)
-        for term in which:
-            total = total + term.weight * term(Batch(None, y, None, z, t))
+        for term in terms:
+            total = total + term.weight * term(Batch(None, y, None, z, t, sf, tf))
         return total
 
-    separable = loss is None and all(isinstance(t, DKDTerm) for t in terms)
+    # averages over the samples of a batch: the stacked mean is the mean of the members' losses
+    # (a relation term, RKD or SP, relates the samples of a batch: it runs member by member)
+    separable = loss is None and all(isinstance(t, (DKDTerm, AttentionTerm)) for t in terms)
     if not separable:
         _say_once(
             "member-loss",
@@ -601,24 +654,22 @@ def distill_population(
             "member (the forward passes stay vectorised)",
         )
 
-    def member_loss(z, t, y):
-        return with_terms(z, t, y, terms)
-
-    def stacked_loss(z, t, y):
-        return with_terms(z, t, y, terms)
-
-    teacher_fn = _teacher_logits_fn(teacher, pop.device, train_loader, cache_teacher)
+    features = (student_names, teacher_names) if student_names or teacher_names else ()
+    teacher_fn = _teacher_logits_fn(
+        teacher, pop.device, train_loader, cache_teacher, bool(teacher_names)
+    )
     return _train(
         pop,
         train_loader,
         epochs,
         val_loader,
-        member_loss,
-        stacked_loss if separable else None,
+        with_terms,
+        with_terms if separable else None,
         teacher_fn,
         optimizer or _adam_factory(lr, weight_decay),
         lr_schedule,
         shuffle,
+        features,
     )
 
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from kdlib import data, models
+from kdlib import population as population_module
 from kdlib.distill import Distiller, seed_everything, train_supervised
+from kdlib.features import AttentionTerm
 from kdlib.losses import DKDTerm
 from kdlib.population import (
     Population,
@@ -12,6 +14,7 @@ from kdlib.population import (
     estimate_bytes,
     train_population,
 )
+from kdlib.relations import RelationTerm
 
 SEEDS = [0, 3, 7]
 EPOCHS = 2
@@ -138,20 +141,39 @@ def test_evaluate_gives_one_row_per_seed_matching_the_member(digits):
     assert [row["val_accuracy"] for row in table] == pop.history[0]["val_accuracy"]
 
 
-def test_feature_terms_fall_back_to_one_distiller_per_seed_and_say_so(digits, teacher):
-    from kdlib.features import AttentionTerm
+FEATURE_TERMS = {
+    "AT": lambda: [AttentionTerm([("block1", "block1")])],
+    "RKD": lambda: [RelationTerm("pool", "pool", "rkd")],
+    "SP": lambda: [RelationTerm("block2", "block2", "sp", 100.0)],
+}
 
-    term = AttentionTerm([("block2", "block2")])
-    with pytest.warns(UserWarning, match="one by one"):
+
+@pytest.mark.parametrize("method", list(FEATURE_TERMS))
+def test_feature_and_relation_terms_are_vectorised_and_equal_each_seed_alone(
+    digits, teacher, method
+):
+    import warnings
+
+    population_module._warned.clear()  # each warning is said once: let it be said again
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*one by one.*")  # no fallback here
         pop = distill_population(
-            cnn, SEEDS[:2], teacher, loader(digits), 1, lr=1e-2, device="cpu", terms=[term]
+            cnn,
+            SEEDS,
+            teacher,
+            loader(digits),
+            EPOCHS,
+            lr=1e-2,
+            device="cpu",
+            terms=FEATURE_TERMS[method](),
         )
-    seed_everything(SEEDS[1])
-    alone = cnn()
-    Distiller(
-        alone, teacher, lr=1e-2, device="cpu", terms=[AttentionTerm([("block2", "block2")])]
-    ).fit(loader(digits), 1)
-    assert_same_state(alone, pop.member(1))
+    for k, s in enumerate(SEEDS):
+        seed_everything(s)
+        alone = cnn()
+        Distiller(alone, teacher, lr=1e-2, device="cpu", terms=FEATURE_TERMS[method]()).fit(
+            loader(digits), EPOCHS
+        )
+        assert_same_state(alone, pop.member(k))
 
 
 @pytest.mark.parametrize(
