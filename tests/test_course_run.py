@@ -30,7 +30,7 @@ results_dir = None     # kdlib course run sets it; save_results writes <results_
 """
 
 
-def write_notebook(folder, stem, body, extra_parameters="", figures="{}"):
+def write_notebook(folder, stem, body, extra_parameters="", figures="{}", claims="None"):
     """``folder/stem/stem.ipynb``: title, imports, parameters, ``body`` cells, save_results."""
     params = nbformat.v4.new_code_cell(PARAMETERS + extra_parameters)
     params.metadata["tags"] = ["parameters"]
@@ -40,12 +40,15 @@ def write_notebook(folder, stem, body, extra_parameters="", figures="{}"):
         params,
         *(nbformat.v4.new_code_cell(source) for source in body),
         nbformat.v4.new_code_cell(
-            f"kdlib.course.results.save_results({stem!r}, {figures}, results_dir)"
+            f"kdlib.course.results.save_results({stem!r}, {figures}, results_dir, {claims})"
         ),
     ]
     nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     path = folder / stem / f"{stem}.ipynb"
     path.parent.mkdir(parents=True)
     nbformat.write(nb, str(path))
@@ -58,14 +61,25 @@ def source(tmp_path_factory):
     folder = tmp_path_factory.mktemp("solutions")
     write_notebook(folder, "01_broken", ["x = 1", 'raise ValueError("deliberately <broken>")'])
     write_notebook(
-        folder, "02_answer",
-        ["answer = 6 * 7\nprint(f'the answer is {answer}')"],
+        folder,
+        "02_answer",
+        [
+            "answer = 6 * 7\nprint(f'the answer is {answer}')",
+            "from kdlib.course.results import Claims\nfrom kdlib.stats import mean_interval\n"
+            "claims = Claims('02_answer')\n"
+            "claims.record('answer_positive', 'the answer is positive',"
+            " mean_interval([answer, answer + 1], 'answer', scale=1.0), 'greater')",
+        ],
         figures='{"answer": answer, "seed_plus": seed + 100, "fast": int(fast)}',
+        claims="claims",
     )
     write_notebook(
-        folder, "03_plot",
-        ["import matplotlib.pyplot as plt\nvalue = scale * 2.5\n"
-         "plt.plot([0, 1], [0, value])\nplt.show()"],
+        folder,
+        "03_plot",
+        [
+            "import matplotlib.pyplot as plt\nvalue = scale * 2.5\n"
+            "plt.plot([0, 1], [0, value])\nplt.show()"
+        ],
         extra_parameters="scale = 1\n",
         figures='{"value": value, "dataset_len": len(dataset)}',
     )
@@ -118,10 +132,18 @@ def test_parameters_only_those_declared(source):
 
 def test_index_escapes_text(tmp_path):
     bad = course.NotebookResult(
-        name="05_<b>", source="x", status="failed", seconds=1.0,
+        name="05_<b>",
+        source="x",
+        status="failed",
+        seconds=1.0,
         figures={"<k>": 1.5},
-        error={"cell": 2, "execution_count": 3, "cell_source": "<script>alert(1)</script>",
-               "ename": "ValueError", "evalue": "<img src=x onerror=alert(1)>"},
+        error={
+            "cell": 2,
+            "execution_count": 3,
+            "cell_source": "<script>alert(1)</script>",
+            "ename": "ValueError",
+            "evalue": "<img src=x onerror=alert(1)>",
+        },
     )
     page = report.render_index(course.CourseRun(out=str(tmp_path), options={}, notebooks=[bad]))
     assert "<script>" not in page and "<img src=x" not in page and "<b>" not in page
@@ -129,10 +151,18 @@ def test_index_escapes_text(tmp_path):
 
 
 def test_nothing_to_run_exits_2(source, tmp_path):
-    assert kdlib_main(["course", "run", "--source", str(source), "--only", "42",
-                       "--out", str(tmp_path / "o")]) == 2
-    assert kdlib_main(["course", "run", "--source", str(tmp_path / "empty"),
-                       "--out", str(tmp_path / "o")]) == 2
+    assert (
+        kdlib_main(
+            ["course", "run", "--source", str(source), "--only", "42", "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
+    assert (
+        kdlib_main(
+            ["course", "run", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
 
 
 def test_find_repo_root(tmp_path):
@@ -147,10 +177,23 @@ def test_find_repo_root(tmp_path):
 @pytest.mark.notebooks
 def test_two_notebook_subset(source, tmp_path, capsys):
     out = tmp_path / "course"
-    code = kdlib_main([
-        "course", "run", "--source", str(source), "--out", str(out), "--only", "02,03",
-        "--seed", "5", "-p", "scale=3", "--no-progress",
-    ])
+    code = kdlib_main(
+        [
+            "course",
+            "run",
+            "--source",
+            str(source),
+            "--out",
+            str(out),
+            "--only",
+            "02,03",
+            "--seed",
+            "5",
+            "-p",
+            "scale=3",
+            "--no-progress",
+        ]
+    )
     assert code == 0
 
     # the executed notebooks, and only the selected ones
@@ -177,6 +220,9 @@ def test_two_notebook_subset(source, tmp_path, capsys):
     assert any("'scale'" in w for w in answer["warnings"])
     saved = json.loads((out / "results" / "02_answer.json").read_text())
     assert saved["figures"] == answer["figures"]
+    # the claims the notebook recorded: in its results file, in results.json, on the scoreboard
+    assert [c["id"] for c in saved["claims"]] == ["answer_positive"] and saved["claims"][0]["holds"]
+    assert answer["claims"] == saved["claims"] and plot["claims"] == []
 
     # index.html links each notebook rendered to HTML, shows figures and the plot
     page = (out / "index.html").read_text()
@@ -184,19 +230,32 @@ def test_two_notebook_subset(source, tmp_path, capsys):
         assert f'href="{stem}.html"' in page and f'href="{stem}.ipynb"' in page
         assert "the answer is 42" in (out / "02_answer.html").read_text()
     assert "answer=42" in page and "data:image/png;base64," in page
+    assert "1 of 1 claims hold" in page and "the answer is positive" in page
 
     # one console line per notebook, with its time and headline figures
     lines = capsys.readouterr().out.splitlines()
     line = next(x for x in lines if x.startswith("02_answer"))
     assert " ok " in line and "answer=42" in line and "seed_plus=105" in line
+    assert "claims 1/1 hold" in line
     assert any(x.startswith("03_plot") and "value=7.5" in x for x in lines)
 
 
 @pytest.mark.notebooks
 def test_broken_notebook_is_reported_and_others_run(source, tmp_path, capsys):
     out = tmp_path / "course"
-    code = kdlib_main(["course", "run", "--source", str(source), "--out", str(out),
-                       "--only", "01,02", "--no-html"])
+    code = kdlib_main(
+        [
+            "course",
+            "run",
+            "--source",
+            str(source),
+            "--out",
+            str(out),
+            "--only",
+            "01,02",
+            "--no-html",
+        ]
+    )
     assert code == 1
     report = json.loads((out / "results.json").read_text())
     assert report["ok"] is False
@@ -220,8 +279,15 @@ def test_broken_notebook_is_reported_and_others_run(source, tmp_path, capsys):
 
 @pytest.mark.notebooks
 def test_fail_fast_skips_the_rest(source, tmp_path):
-    run = course.run_course(source, tmp_path / "course", only="01,02", fail_fast=True,
-                            render_html=False, progress=False, echo=lambda *a: None)
+    run = course.run_course(
+        source,
+        tmp_path / "course",
+        only="01,02",
+        fail_fast=True,
+        render_html=False,
+        progress=False,
+        echo=lambda *a: None,
+    )
     assert [nb.status for nb in run.notebooks] == ["failed", "skipped"]
     assert not (tmp_path / "course" / "02_answer.ipynb").exists()
 
@@ -229,8 +295,15 @@ def test_fail_fast_skips_the_rest(source, tmp_path):
 @pytest.mark.notebooks
 def test_notebook_past_the_timeout_is_stopped(source, tmp_path):
     started = time.monotonic()
-    run = course.run_course(source, tmp_path / "course", only="04", timeout=4,
-                            render_html=False, progress=False, echo=lambda *a: None)
+    run = course.run_course(
+        source,
+        tmp_path / "course",
+        only="04",
+        timeout=4,
+        render_html=False,
+        progress=False,
+        echo=lambda *a: None,
+    )
     elapsed = time.monotonic() - started
     assert elapsed < 60, f"the 120 s sleep was not stopped ({elapsed:.0f} s)"
     (result,) = run.notebooks
@@ -258,7 +331,6 @@ def test_real_notebook_takes_the_course_parameters(path):
         path, dict.fromkeys(["device", "dataset", "seed", "fast", "results_dir"])
     )
     assert set(params) == {"device", "dataset", "seed", "fast", "results_dir"}, warnings
-    code = [c.source for c in nbformat.read(str(path), as_version=4).cells
-            if c.cell_type == "code"]
+    code = [c.source for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code"]
     call = re.compile(r"save_results\(\s*[\"']" + re.escape(path.stem) + r"[\"']")
     assert any(call.search(s) for s in code), f"no save_results({path.stem!r}, ...) call"
