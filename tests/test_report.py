@@ -61,3 +61,76 @@ def test_figure_titles_reads_calls_and_keywords():
         'show_matrices(panels, title="Relations")\n'
     )
     assert figure_titles(source) == ["Requires a strong teacher", "… seeds, width …", "Relations"]
+
+
+def _run_with_claims(tmp_path):
+    from kdlib.course import run as course
+    from kdlib.course.results import Claims, load_claims, save_results
+    from kdlib.stats import paired_difference
+
+    claims = Claims("03_x")
+    claims.record(
+        "kd_gain",
+        "KD beats labels only",
+        paired_difference([0.95, 0.96, 0.97], [0.90, 0.92, 0.91], ("KD", "labels only")),
+        "greater",
+    )
+    claims.record(
+        "no_gain",
+        "the two <agree>",
+        paired_difference([0.95, 0.96, 0.97], [0.90, 0.92, 0.91], ("A", "B")),
+        "no-difference",
+    )
+    path = save_results("03_x", {"acc": 0.9, "long_list": list(range(50))}, tmp_path, claims)
+    stored = load_claims(path)
+    assert [c["id"] for c in stored] == ["kd_gain", "no_gain"]
+    assert [c["holds"] for c in stored] == [True, False]
+    nb_path = _executed_notebook(tmp_path / "03_x.ipynb")
+    nb = nbformat.read(str(nb_path), as_version=4)
+    key = nbformat.v4.new_code_cell('ax.set_title("The key one")')
+    key.metadata["tags"] = ["key-figure"]
+    other = base64.b64encode(base64.b64decode(PIXEL) + b"\0").decode()  # another image
+    key.outputs = [nbformat.v4.new_output("display_data", data={"image/png": other})]
+    nb.cells.append(key)
+    nbformat.write(nb, str(nb_path))
+    result = course.NotebookResult(
+        name="03_x",
+        source="x",
+        status="ok",
+        seconds=2.0,
+        figures={"acc": 0.9},
+        claims=stored,
+        output="03_x.ipynb",
+    )
+    return course.CourseRun(out=str(tmp_path), options={}, notebooks=[result])
+
+
+def test_index_opens_with_the_scoreboard_and_collapses_the_figures(tmp_path):
+    from kdlib.course.report import render_index
+
+    page = render_index(_run_with_claims(tmp_path))
+    board = page.index('id="scoreboard"')
+    assert board < page.index("<details>")
+    assert "1 of 2 claims hold" in page
+    assert "KD beats labels only by 5.0 points" in page and "the two &lt;agree&gt;" in page
+    assert page.count('class="holds"') == 1 and page.count('class="fails"') == 1
+    # the key figure is shown open, before the collapsed details; the other image inside them
+    key = page.index('class="key" alt="Figure: The key one"')
+    details = page.index("<details>")
+    assert key < details < page.index("acc=0.9") < page.index("</details>")
+    assert page.index('alt="Figure: Born-again on …"') > details
+
+
+def test_claims_are_refused_by_name():
+    from kdlib.course.results import Claims
+    from kdlib.stats import paired_difference
+
+    claims = Claims("nb")
+    c = paired_difference([1, 2, 3], [0, 1, 1])
+    with pytest.raises(ValueError, match="expected must be"):
+        claims.record("x", "t", c, "bigger")
+    with pytest.raises(ValueError, match="id must be"):
+        claims.record("not an id", "t", c, "greater")
+    claims.record("x", "t", c, "greater")
+    with pytest.raises(ValueError, match="recorded twice"):
+        claims.record("x", "t", c, "greater")

@@ -1,8 +1,12 @@
 """The course report: ``results.json`` and a self-contained ``index.html`` for a course run.
 
 :func:`write_report` is called by :func:`kdlib.course.run.run_course` after every notebook, so an
-interrupted run still leaves a report. ``index.html`` embeds every figure the notebooks
-displayed and links to each executed notebook rendered by nbconvert
+interrupted run still leaves a report. ``index.html`` opens with the scoreboard (one row per
+claim the notebooks recorded with :class:`kdlib.course.results.Claims`: notebook, claim,
+estimate with its 95% interval, holds or not), then the run's status table, then one section
+per notebook with its key figure (the image of the cell tagged ``key-figure``, else its first
+image); the headline figures, the parameters and the other images are in a collapsed
+``<details>`` block per notebook. It links to each executed notebook rendered by nbconvert
 (:func:`render_notebook_html`). Everything works offline: formulas are typeset by the MathJax
 copy that the course extra installs (``jupyter-server-mathjax``), copied next to the pages and
 referenced relatively; no page loads anything from a CDN. Every image has alt text made from
@@ -17,15 +21,12 @@ import re
 import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from kdlib.course.run import CourseRun
 
 __all__ = [
     "figure_titles",
     "format_figures",
     "render_index",
+    "render_scoreboard",
     "render_notebook_html",
     "write_report",
 ]
@@ -141,16 +142,21 @@ def format_figures(figures: dict | None) -> str:
     return "  ".join(f"{k}={_format_value(v)}" for k, v in figures.items())
 
 
-def write_report(run: CourseRun) -> None:
-    """Write ``results.json`` and ``index.html`` into the run's output folder."""
+def write_report(run) -> None:
+    """Write ``results.json`` and ``index.html`` into the output folder of ``run`` (a
+    :class:`kdlib.course.run.CourseRun`)."""
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(run.to_dict(), indent=2) + "\n")
     (out / "index.html").write_text(render_index(run), encoding="utf-8")
 
 
-def _images(notebook: Path, limit: int = 40) -> list[tuple[str, str, str]]:
-    """``(mime, base64 data, alt text)`` of the images a notebook displayed, in order."""
+KEY_FIGURE_TAG = "key-figure"
+
+
+def _images(notebook: Path, limit: int = 40) -> list[tuple[str, str, str, bool]]:
+    """``(mime, base64 data, alt text, key)`` of the images a notebook displayed, in order;
+    ``key`` is true for those of a cell tagged ``key-figure``."""
     try:
         import nbformat
 
@@ -164,28 +170,79 @@ def _images(notebook: Path, limit: int = 40) -> list[tuple[str, str, str]]:
             for mime in ("image/png", "image/jpeg"):
                 if mime in data:
                     text = _alt_text(cell.get("source", ""), number)
-                    images.append((mime, "".join(data[mime]).replace("\n", ""), text))
+                    key = KEY_FIGURE_TAG in cell.get("metadata", {}).get("tags", [])
+                    images.append((mime, "".join(data[mime]).replace("\n", ""), text, key))
                     break
     return images[:limit]
 
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222;
+       padding: 0 1em; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
-.ok { color: #1a7f37; font-weight: bold; }
-.failed, .timeout, .interrupted { color: #cf222e; font-weight: bold; }
+td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+.ok, .holds { color: #1a7f37; font-weight: bold; }
+.failed, .timeout, .interrupted, .fails { color: #cf222e; font-weight: bold; }
 .skipped, .pending, .running { color: #777; }
 pre { background: #f6f8fa; padding: .5em; white-space: pre-wrap; margin: .3em 0; }
 img { max-width: 100%; border: 1px solid #eee; margin: .3em; }
+img.key { max-width: 48em; display: block; }
 .warning { color: #9a6700; }
 section { margin-top: 2.5em; }
+details { margin: .5em 0; }
+summary { cursor: pointer; color: #0969da; }
 """
 
 
-def render_index(run: CourseRun) -> str:
-    """The self-contained ``index.html`` of a run (all text escaped, images embedded)."""
+def _interval(claim: dict) -> str:
+    unit = claim.get("unit") or ""
+    lo, hi = claim.get("ci95", [None, None])
+    if lo is None or hi is None or claim.get("estimate") is None:
+        return "?"
+    return f"{claim['estimate']:+.1f} [{lo:+.1f}, {hi:+.1f}] {unit}".strip()
+
+
+def _expected(expected) -> str:
+    if isinstance(expected, dict):
+        return ", ".join(f"{k} {v:g}" for k, v in expected.items())
+    return str(expected)
+
+
+def render_scoreboard(notebooks) -> str:
+    """The table of every claim of every notebook (``NotebookResult.claims``), with a count."""
+    e = html.escape
+    rows, total, held = [], 0, 0
+    for nb in notebooks:
+        for claim in nb.claims or []:
+            total += 1
+            ok = bool(claim.get("holds"))
+            held += ok
+            rows.append(
+                f'<tr><td><a href="#nb-{e(nb.name)}">{e(nb.name)}</a></td>'
+                f"<td>{e(str(claim.get('text', '')))}<br><small>{e(str(claim.get('verdict', '')))}"
+                f"</small></td>"
+                f'<td class="num">{e(_interval(claim))}</td>'
+                f"<td>{e(_expected(claim.get('expected')))}</td>"
+                f'<td class="num">{e(str(claim.get("n_seeds", "")))}</td>'
+                f'<td class="{"holds" if ok else "fails"}">{"holds" if ok else "FAILS"}</td></tr>'
+            )
+    if not rows:
+        return "<p>No notebook recorded a claim in this run.</p>"
+    return (
+        f"<p><strong>{held} of {total} claims hold.</strong> Each is a sentence of a notebook "
+        f"backed by a measurement: the estimate is a difference between two methods over paired "
+        f"seeds (or one quantity's mean) with its 95% interval; it holds when the interval "
+        f"supports the expected direction.</p>\n"
+        "<table><tr><th>notebook</th><th>claim</th><th>estimate [95% interval]</th>"
+        "<th>expected</th><th>seeds</th><th>holds</th></tr>\n" + "\n".join(rows) + "\n</table>"
+    )
+
+
+def render_index(run) -> str:
+    """The self-contained ``index.html`` of a run (a :class:`kdlib.course.run.CourseRun`): all
+    text escaped, images embedded."""
     e = html.escape
     counts = ", ".join(f"{n} {status}" for status, n in run.counts().items())
     verdict = "all notebooks ran" if run.ok else "some notebooks did not run through"
@@ -198,13 +255,14 @@ def render_index(run: CourseRun) -> str:
         if nb.output:
             links.append(f'<a href="{e(nb.output)}">ipynb</a>')
         seconds = "" if nb.seconds is None else f"{nb.seconds:.1f} s"
-        detail = e(format_figures(nb.figures))
-        if nb.error:
-            detail = _error_html(nb.error)
+        claims = nb.claims or []
+        held = sum(bool(c.get("holds")) for c in claims)
+        claim_text = f"{held}/{len(claims)} hold" if claims else ""
+        detail = _error_html(nb.error) if nb.error else ""
         rows.append(
             f'<tr><td><a href="#{anchor}">{e(nb.name)}</a></td>'
-            f'<td class="{e(nb.status)}">{e(nb.status)}</td><td>{seconds}</td>'
-            f"<td>{' '.join(links)}</td><td>{detail}</td></tr>"
+            f'<td class="{e(nb.status)}">{e(nb.status)}</td><td class="num">{seconds}</td>'
+            f"<td>{e(claim_text)}</td><td>{' '.join(links)}</td><td>{detail}</td></tr>"
         )
         heading = f'<h2>{e(nb.name)} <span class="{e(nb.status)}">{e(nb.status)}</span></h2>'
         parts = [f'<section id="{anchor}">{heading}']
@@ -214,21 +272,34 @@ def render_index(run: CourseRun) -> str:
             parts.append(_error_html(nb.error))
         for warning in nb.warnings:
             parts.append(f'<p class="warning">warning: {e(warning)}</p>')
+        images = _images(Path(run.out) / nb.output) if nb.output else []
+        key = next((im for im in images if im[3]), images[0] if images else None)
+        if key is not None:
+            mime, data, text, _ = key
+            parts.append(f'<img class="key" alt="{e(text)}" src="data:{mime};base64,{data}">')
+        details = []
         if nb.parameters:
             params = ", ".join(
                 f"{e(k)}={e(repr(v))}" for k, v in nb.parameters.items() if k != "results_dir"
             )
-            parts.append(f"<p>Parameters: <code>{params}</code></p>")
+            details.append(f"<p>Parameters: <code>{params}</code></p>")
         if nb.figures:
-            parts.append("<table><tr><th>figure</th><th>value</th></tr>")
-            parts += [
+            details.append(f"<p><code>{e(format_figures(nb.figures))}</code></p>")
+            details.append("<table><tr><th>figure</th><th>value</th></tr>")
+            details += [
                 f"<tr><td>{e(str(k))}</td><td>{e(_format_value(v))}</td></tr>"
                 for k, v in nb.figures.items()
             ]
-            parts.append("</table>")
-        if nb.output:
-            for mime, data, text in _images(Path(run.out) / nb.output):
-                parts.append(f'<img alt="{e(text)}" src="data:{mime};base64,{data}">')
+            details.append("</table>")
+        for mime, data, text, _ in images:
+            if key is None or data != key[1]:
+                details.append(f'<img alt="{e(text)}" src="data:{mime};base64,{data}">')
+        if details:
+            n_figures = len(nb.figures or {})
+            summary = f"Headline figures ({n_figures}), parameters and all {len(images)} images"
+            parts.append(f"<details><summary>{e(summary)}</summary>")
+            parts += details
+            parts.append("</details>")
         parts.append("</section>")
         sections.append("\n".join(parts))
     options = run.options
@@ -243,8 +314,11 @@ parameters <code>{e(json.dumps(options.get("parameters", {})))}</code>,
 timeout {e(str(options.get("timeout_s")))} s per notebook.<br>
 Started {e(run.started)}, finished {e(str(run.finished or "not yet"))}.
 Source <code>{e(str(options.get("source")))}</code>.<br>{e(env)}</p>
-<table><tr><th>notebook</th><th>status</th><th>time</th><th>rendered</th>
-<th>headline figures / error</th></tr>
+<h2 id="scoreboard">Scoreboard</h2>
+{render_scoreboard(run.notebooks)}
+<h2>Notebooks</h2>
+<table><tr><th>notebook</th><th>status</th><th>time</th><th>claims</th><th>rendered</th>
+<th>error</th></tr>
 {chr(10).join(rows)}
 </table>
 <p>Raw numbers: <a href="results.json">results.json</a>.</p>

@@ -6,7 +6,7 @@ each notebook's ``parameters`` cell. Everything lands in the output folder (``bu
 
     build/course/
         index.html            one page: results table, plots, links to every notebook
-        results.json          per notebook: status, parameters, seconds, figures, error
+        results.json          per notebook: status, parameters, seconds, figures, claims, error
         NN_name.ipynb         the executed notebook (also written when it fails)
         NN_name.html          the same, rendered by nbconvert
         results/NN_name.json  what the notebook's save_results() wrote (its headline figures)
@@ -42,7 +42,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kdlib.course.report import format_figures, write_report
+from kdlib.course.report import format_figures, render_notebook_html, write_report
+from kdlib.course.results import load_claims, load_results
 
 __all__ = [
     "CourseRun",
@@ -88,6 +89,7 @@ class NotebookResult:
     seconds: float | None = None
     parameters: dict = field(default_factory=dict)
     figures: dict | None = None
+    claims: list = field(default_factory=list)  # what its save_results(..., claims=) recorded
     error: dict | None = None
     warnings: list = field(default_factory=list)
     output: str | None = None  # executed .ipynb, relative to the output folder
@@ -445,9 +447,8 @@ def run_notebook(
 
     if results_file is not None and results_file.exists():
         try:
-            from kdlib.course.results import load_results
-
             result.figures = load_results(results_file)
+            result.claims = load_claims(results_file)
         except (ValueError, KeyError, TypeError) as exc:
             result.warnings.append(f"unreadable {results_file.name}: {exc}")
     elif results_file is not None and result.ok:
@@ -464,9 +465,7 @@ def run_notebook(
 
 
 def _render_html(notebook: Path) -> Path:
-    from kdlib.course.report import render_notebook_html  # offline MathJax, alt text
-
-    return render_notebook_html(notebook)
+    return render_notebook_html(notebook)  # offline MathJax, alt text
 
 
 # ------------------------------------------------------------------ the whole run
@@ -483,6 +482,9 @@ def summary_line(result: NotebookResult) -> str:
             where += f" (In [{err['execution_count']}])"
         line += f"  {where}: {err['ename']}: {err['evalue']}"
     elif result.figures:
+        if result.claims:
+            held = sum(bool(c.get("holds")) for c in result.claims)
+            line += f"  claims {held}/{len(result.claims)} hold;"
         line += "  " + format_figures(result.figures)
     for warning in result.warnings:
         line += f"\n{'':<28} warning: {warning}"

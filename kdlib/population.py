@@ -1,0 +1,625 @@
+"""Populations: S copies of one network, one per seed, trained as a single vectorised model.
+
+An experiment that compares two methods needs several seeds of each, and training them one
+after the other costs S times one run. A population stacks the S members' parameters into
+tensors with a leading seed dimension (``torch.func.stack_module_state``) and runs the S
+forward passes as one (``torch.func.vmap`` over ``torch.func.functional_call``)::
+
+    params[name]  (S, *shape)        one slice per seed
+    logits = vmap(model)(params, x)  (S, B, C): every member sees the same batch x (B, ...)
+
+Member ``s`` is initialised exactly as ``seed_everything(seeds[s]); model_fn()`` would be and,
+by default, sees the same batches as every other member: a *paired* design, in which only the
+initialisation differs between seeds (``shuffle="per-seed"`` gives each member the loader's
+shuffle with its own seed instead). Its update is the one it would get trained alone: the
+population's loss is the sum of the members' losses, so member ``s``'s gradient is the
+gradient of its own loss, and Adam is element-wise, so one optimiser over the stacked tensors
+makes the S updates of S optimisers. ``tests/test_population.py`` checks that every member
+equals the same seed trained alone with ``train_supervised`` or ``Distiller``.
+
+The loss of a batch is computed once for all members when that is exact: :func:`kd_loss` and
+:func:`dkd_loss` average over the batch, and with every member seeing the same labels the mean
+over the ``S * B`` stacked samples is the mean of the members' losses (so the population
+minimises ``S`` times it). Otherwise (per-seed shuffles over partly unlabelled data, a custom
+loss or a term that relates the samples of a batch) the loss runs member by member.
+
+BatchNorm keeps running statistics per member (the buffers are stacked too). Dropout draws
+different masks per member (``randomness="different"``), so a model with dropout trains
+correctly but does not repeat the masks of a run alone. What cannot be vectorised here (terms
+that tap features or own parameters, such as FitNets adapters; teachers given as a list)
+falls back to training the seeds one after the other with :class:`kdlib.distill.Distiller`,
+and says so once with a warning; the result has the same shape.
+
+Entry points: :func:`train_population` (labels only, as ``train_supervised``) and
+:func:`distill_population` (a frozen teacher, as ``Distiller``); both return a
+:class:`Population`, whose :meth:`Population.evaluate` gives one row per seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from kdlib.data import TensorLoader
+from kdlib.distill import Batch, Distiller, freeze, pick_device, seed_everything
+from kdlib.losses import IGNORE_INDEX, DKDTerm, hard_loss, kd_loss
+
+__all__ = [
+    "Population",
+    "check_seeds",
+    "estimate_bytes",
+    "train_population",
+    "distill_population",
+]
+
+_warned: set[str] = set()
+
+
+def _say_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+def check_seeds(seeds) -> list[int]:
+    """``seeds`` as a list of distinct non-negative ints; ``ValueError`` naming ``seeds`` else."""
+    if isinstance(seeds, (int, bool)) or not isinstance(seeds, Iterable):
+        raise ValueError(f"seeds must be a list of ints, e.g. range(8), got {seeds!r}")
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty: a population needs at least one seed")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise ValueError(f"seeds must be ints, got {s!r} ({type(s).__name__})")
+        if s < 0:
+            raise ValueError(f"seeds must be >= 0 (torch.manual_seed needs one), got {s}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(
+            f"seeds must be distinct (a repeated seed trains the same member twice), got {seeds}"
+        )
+    return seeds
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_bytes(model: nn.Module, n_members: int) -> int:
+    """Bytes a population of ``n_members`` copies of ``model`` holds while training with Adam:
+    per member its parameters four times (weights, gradients, two moment estimates) and its
+    buffers once. Activations come on top (they grow with the batch, not with the seeds' state).
+    """
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return n_members * (4 * params + buffers)
+
+
+class Population:
+    """S members of one architecture, their parameters and buffers stacked along dimension 0.
+
+    Args:
+        model_fn: ``() -> nn.Module``, called once per seed right after
+            ``seed_everything(seed)``, so member ``s`` starts as that seed's model alone would.
+        seeds: distinct ints >= 0.
+        device: where the stacked tensors live (default :func:`kdlib.distill.pick_device`).
+        max_bytes: refuse (``MemoryError``, before building the other members) a population
+            whose :func:`estimate_bytes` exceeds this; default: the memory free on the device.
+
+    Attributes:
+        seeds: the seeds, in member order.
+        params, buffers: ``{name: (S, *shape) tensor}``.
+        history: one dict per epoch after training (``epoch``, ``train_loss``: the mean over
+            the members; ``val_accuracy``: a list, one per member, with a ``val_loader``).
+    """
+
+    def __init__(
+        self,
+        model_fn: Callable[[], nn.Module],
+        seeds: Sequence[int],
+        device: str | torch.device | None = None,
+        max_bytes: int | None = None,
+    ):
+        if not callable(model_fn):
+            raise ValueError(f"model_fn must be a function () -> nn.Module, got {model_fn!r}")
+        self.seeds = check_seeds(seeds)
+        self.device = pick_device(device if device is not None else "auto")
+        self.model_fn = model_fn
+        seed_everything(self.seeds[0])
+        first = model_fn()
+        if not isinstance(first, nn.Module):
+            raise ValueError(f"model_fn must return an nn.Module, got {type(first).__name__}")
+        need = estimate_bytes(first, len(self.seeds))
+        limit = max_bytes if max_bytes is not None else _available_bytes(self.device)
+        if limit is not None and need > limit:
+            raise MemoryError(
+                f"a population of {len(self.seeds)} seeds of this model needs about "
+                f"{need:,} bytes (parameters, gradients and Adam's two moments, per seed) but "
+                f"only {limit:,} are available on {self.device}: use fewer seeds, or train "
+                f"them in groups"
+            )
+        members = [first]
+        for s in self.seeds[1:]:
+            seed_everything(s)
+            members.append(model_fn())
+        members = [m.to(self.device) for m in members]
+        params, buffers = stack_module_state(members)
+        self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        self.buffers = buffers
+        self.skeleton = copy.deepcopy(members[0]).to("meta")  # structure only, no storage
+        self.history: list[dict] = []
+
+    @classmethod
+    def from_members(cls, members: Sequence[nn.Module], seeds: Sequence[int]) -> Population:
+        """A population made of already trained models (one per seed, same architecture)."""
+        pop = cls.__new__(cls)
+        pop.seeds = check_seeds(seeds)
+        if len(members) != len(pop.seeds):
+            raise ValueError(f"{len(members)} members for {len(pop.seeds)} seeds")
+        pop.device = next(iter(members[0].parameters())).device
+        pop.model_fn = None
+        params, buffers = stack_module_state(list(members))
+        pop.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        pop.buffers = buffers
+        pop.skeleton = copy.deepcopy(members[0]).to("meta")
+        pop.history = []
+        return pop
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __repr__(self) -> str:
+        n = sum(v[0].numel() for v in self.params.values())
+        return (
+            f"Population({type(self.skeleton).__name__}, {len(self)} seeds {self.seeds}, "
+            f"{n:,} parameters each, on {self.device})"
+        )
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.params.values())
+
+    def forward(self, x: torch.Tensor, train: bool, per_member: bool = False) -> torch.Tensor:
+        """Logits ``(S, B, C)`` of every member on ``x``: ``(B, ...)`` shared by the members,
+        or ``(S, B, ...)`` with ``per_member``. ``train`` sets the members' mode (BatchNorm
+        batch statistics and running-statistic updates, dropout)."""
+        self.skeleton.train(train)
+
+        def one(params, buffers, inputs):
+            return functional_call(self.skeleton, (params, buffers), (inputs,))
+
+        dims = (0, 0, 0 if per_member else None)
+        return vmap(one, in_dims=dims, randomness="different")(self.params, self.buffers, x)
+
+    @torch.no_grad()
+    def logits(self, data, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode logits ``(S, N, C)`` of every member on ``data`` (a ``Split``, an
+        ``(x, y)`` pair or a loader) and its labels ``(N,)``."""
+        outs, labels = [], []
+        for x, y in _pairs(data, batch_size):
+            outs.append(self.forward(x.to(self.device), train=False).float())
+            labels.append(y.to(self.device))
+        return torch.cat(outs, dim=1), torch.cat(labels)
+
+    def evaluate(self, data) -> list[dict]:
+        """One row per member: ``{"seed", "accuracy", "loss"}`` on ``data`` (unlabelled samples
+        skipped)."""
+        logits, y = self.logits(data)
+        keep = y != IGNORE_INDEX
+        logits, y = logits[:, keep], y[keep]
+        correct = (logits.argmax(-1) == y).double().mean(-1).tolist()
+        losses = [torch.nn.functional.cross_entropy(z, y).item() for z in logits]
+        return [
+            {"seed": s, "accuracy": a, "loss": v} for s, a, v in zip(self.seeds, correct, losses)
+        ]
+
+    def accuracy(self, data) -> list[float]:
+        """Accuracy of each member on ``data``, in seed order."""
+        return [row["accuracy"] for row in self.evaluate(data)]
+
+    def member(self, k: int) -> nn.Module:
+        """Member ``k`` as an ordinary ``nn.Module`` (a copy: training it leaves the population
+        alone)."""
+        if not 0 <= k < len(self):
+            raise ValueError(f"member index must be in [0, {len(self)}), got {k}")
+        model = copy.deepcopy(self.skeleton).to_empty(device=self.device)
+        state = {n: t[k].detach().clone() for n, t in {**self.params, **self.buffers}.items()}
+        model.load_state_dict(state)
+        return model
+
+    def members(self) -> list[nn.Module]:
+        return [self.member(k) for k in range(len(self))]
+
+
+def _pairs(data, batch_size: int):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        x, y = data
+        for i in range(0, len(y), batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
+        return
+    if hasattr(data, "x") and hasattr(data, "y") and not isinstance(data, TensorLoader):
+        data = data.loader(batch_size=batch_size)
+    for batch in data:
+        yield batch[0], batch[1]
+
+
+def _member_loaders(loader, seeds: list[int], shuffle: str):
+    """``None`` for the paired design, else one copy of ``loader`` per seed, shuffled with it."""
+    if shuffle == "paired":
+        return None
+    if shuffle != "per-seed":
+        raise ValueError(f"shuffle must be 'paired' or 'per-seed', got {shuffle!r}")
+    if not isinstance(loader, TensorLoader) or not loader.shuffle:
+        raise ValueError(
+            "shuffle='per-seed' needs a shuffling TensorLoader "
+            "(data.train.loader(batch_size, shuffle=True))"
+        )
+    copies = []
+    for s in seeds:
+        c = copy.copy(loader)
+        c.generator = torch.Generator(device="cpu").manual_seed(s)
+        copies.append(c)
+    return copies
+
+
+def _adam_factory(lr: float, weight_decay: float):
+    def make(params):
+        try:  # the Distiller's default: fused where the device has a kernel
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except RuntimeError:
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+    return make
+
+
+def _check_epochs(epochs) -> int:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    return epochs
+
+
+def _train(
+    pop: Population,
+    train_loader,
+    epochs: int,
+    val_loader,
+    member_loss: Callable,
+    stacked_loss: Callable | None,
+    teacher_logits: Callable | None,
+    optimizer,
+    lr_schedule,
+    shuffle: str,
+) -> Population:
+    """The loop shared by both entry points: one step updates every member."""
+    loaders = _member_loaders(train_loader, pop.seeds, shuffle)
+    has_unlabelled = isinstance(train_loader, TensorLoader) and bool(
+        (train_loader.y == IGNORE_INDEX).any()
+    )
+    if loaders is not None and has_unlabelled:
+        stacked_loss = None  # members' labelled counts differ: the stacked mean is not exact
+    opt = optimizer(pop.parameters())
+    scheduler = lr_schedule(opt) if lr_schedule is not None else None
+    S = len(pop)
+    for epoch in range(1, epochs + 1):
+        losses, sizes = [], []
+        batches = zip(*loaders) if loaders is not None else ((b,) for b in train_loader)
+        for group in batches:
+            if loaders is None:
+                x, y = group[0][0].to(pop.device), group[0][1].to(pop.device)
+                index = group[0][2] if len(group[0]) > 2 else None
+                ys = y.expand(S, *y.shape)
+            else:
+                x = torch.stack([b[0] for b in group]).to(pop.device)
+                ys = torch.stack([b[1] for b in group]).to(pop.device)
+                index = torch.stack([b[2] for b in group]) if len(group[0]) > 2 else None
+                y = None
+            z = pop.forward(x, train=True, per_member=loaders is not None).float()  # (S, B, C)
+            t = teacher_logits(x, index, loaders is not None) if teacher_logits else None
+            if t is not None and t.dim() == 2:
+                t = t.expand(S, *t.shape)
+            if stacked_loss is not None:
+                loss = stacked_loss(
+                    z.flatten(0, 1), None if t is None else t.flatten(0, 1), ys.flatten(0, 1).long()
+                )
+                total = S * loss  # the sum of the members' losses
+                mean = loss.detach()
+            else:
+                parts = [
+                    member_loss(z[s], None if t is None else t[s], ys[s].long()) for s in range(S)
+                ]
+                total = torch.stack(parts).sum()
+                mean = total.detach() / S
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            losses.append(mean)
+            sizes.append(ys.shape[1])
+        if scheduler is not None:
+            scheduler.step()
+        weights = torch.tensor(sizes, dtype=torch.float64)
+        record = {
+            "epoch": epoch,
+            "train_loss": float((torch.stack(losses).double().cpu() @ weights) / max(sum(sizes), 1))
+            if losses
+            else math.nan,
+        }
+        if not math.isfinite(record["train_loss"]):
+            raise ValueError(
+                f"the loss of epoch {epoch} is not finite: a member diverged "
+                f"(lower the learning rate) or the inputs contain NaN or inf"
+            )
+        if val_loader is not None:
+            record["val_accuracy"] = pop.accuracy(val_loader)
+        pop.history.append(record)
+    return pop
+
+
+def train_population(
+    model_fn: Callable[[], nn.Module],
+    seeds: Sequence[int],
+    train_loader,
+    epochs: int = 10,
+    val_loader=None,
+    *,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    optimizer: Callable | None = None,
+    lr_schedule: Callable | None = None,
+    label_smoothing: float = 0.0,
+    shuffle: str = "paired",
+    device: str | torch.device | None = None,
+    max_bytes: int | None = None,
+) -> Population:
+    """Train one ``model_fn()`` per seed on the labels alone, all at once.
+
+    Member ``s`` equals ``seed_everything(s); m = model_fn(); train_supervised(m, train_loader,
+    epochs, lr=lr, ...)`` (float tolerance). The cross-entropy is :func:`kdlib.losses.hard_loss`
+    (averaged over the labelled samples, -1 skipped); with ``label_smoothing`` the same
+    cross-entropy against smoothed targets, as ``train_supervised(label_smoothing=...)``.
+
+    Args:
+        train_loader: a loader yielding ``(x, y[, index])``; with ``shuffle="paired"`` (default)
+            every member sees its batches; ``"per-seed"``: member ``s`` sees the loader's
+            shuffle drawn with seed ``s`` (a ``TensorLoader`` with ``shuffle=True``).
+        optimizer: a factory ``params -> optimizer`` over the stacked tensors; it must be
+            element-wise (Adam, SGD, ...) for the members to stay independent. Default: Adam
+            with ``lr`` and ``weight_decay`` as in the Distiller.
+        lr_schedule: factory ``optimizer -> scheduler``, stepped once per epoch.
+        max_bytes: see :class:`Population`.
+    """
+    epochs = _check_epochs(epochs)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
+    pop = Population(model_fn, seeds, device, max_bytes)
+
+    def loss(z, t, y):
+        if label_smoothing == 0.0:
+            return hard_loss(z, y)
+        # the cross-entropy with smoothed targets, averaged over the labelled samples
+        total = F.cross_entropy(
+            z, y, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing, reduction="sum"
+        )
+        return total / (y != IGNORE_INDEX).sum().clamp_min(1)
+
+    return _train(
+        pop,
+        train_loader,
+        epochs,
+        val_loader,
+        loss,
+        loss,
+        None,
+        optimizer or _adam_factory(lr, weight_decay),
+        lr_schedule,
+        shuffle,
+    )
+
+
+def _teacher_logits_fn(teacher: nn.Module, device, train_loader, cache: bool, batch_size=512):
+    """``f(x, index, per_member) -> (B, C) or (S, B, C)`` teacher logits: by running the frozen
+    teacher, or from a table of every training sample's logits computed once (``cache``)."""
+    if cache:
+        if not isinstance(train_loader, TensorLoader) or not train_loader.return_index:
+            raise ValueError(
+                "cache_teacher=True needs a TensorLoader with return_index=True "
+                "(the cache is keyed by dataset index)"
+            )
+        if train_loader.transform is not None:
+            raise ValueError(
+                "cache_teacher=True was refused: the training loader applies a "
+                "random transform, so cached teacher logits would not match the "
+                "inputs; turn the augmentation or the cache off"
+            )
+        with torch.no_grad():
+            x = train_loader.x
+            table = torch.cat(
+                [
+                    teacher(x[i : i + batch_size].to(device)).float()
+                    for i in range(0, len(x), batch_size)
+                ]
+            )
+
+        def lookup(x, index, per_member):
+            return table[index.to(device)]
+
+        return lookup
+
+    def run(x, index, per_member):
+        with torch.no_grad():
+            if per_member:
+                S, B = x.shape[:2]
+                return teacher(x.flatten(0, 1)).float().view(S, B, -1)
+            return teacher(x).float()
+
+    return run
+
+
+def distill_population(
+    model_fn: Callable[[], nn.Module],
+    seeds: Sequence[int],
+    teacher: nn.Module,
+    train_loader,
+    epochs: int = 10,
+    val_loader=None,
+    *,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    loss: Callable | None = None,
+    terms: Iterable = (),
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    optimizer: Callable | None = None,
+    lr_schedule: Callable | None = None,
+    cache_teacher: bool = False,
+    shuffle: str = "paired",
+    device: str | torch.device | None = None,
+    max_bytes: int | None = None,
+) -> Population:
+    """Distil ``teacher`` into one ``model_fn()`` per seed, all at once.
+
+    Member ``s`` equals ``seed_everything(s); m = model_fn(); Distiller(m, teacher,
+    temperature=..., alpha=..., terms=..., lr=...).fit(train_loader, epochs)`` (float
+    tolerance). The loss is :func:`kdlib.losses.kd_loss` (``alpha`` weights the hard term)
+    plus ``term.weight * term(batch)`` for each term; :class:`kdlib.losses.DKDTerm` is
+    vectorised, so ``alpha=1.0, terms=[DKDTerm()]`` is DKD. A custom ``loss(z_S, z_T, y)`` or
+    another term that uses only the logits runs member by member; terms that tap features or
+    own parameters (``HintTerm``, ``AttentionTerm``, ``RelationTerm``) fall back to one
+    Distiller per seed, with a warning. ``terms`` may be a factory ``() -> list of terms``,
+    called for each seed right after its model is made (so that an adapter starts as it would
+    in that seed's run alone); a plain list is copied for each seed.
+
+    ``cache_teacher``: the teacher's logits of every training sample are computed once, before
+    the first step (a ``TensorLoader`` with ``return_index=True`` and no transform). The
+    other arguments are those of :func:`train_population`.
+    """
+    epochs = _check_epochs(epochs)
+    make_terms = terms if callable(terms) else None
+    if make_terms is not None:  # a factory: one fresh set of terms (adapters) per seed
+        terms = make_terms()
+    if not isinstance(teacher, nn.Module):
+        raise ValueError(
+            f"teacher must be one nn.Module (a trained model), got "
+            f"{type(teacher).__name__}; several teachers: train with Distiller"
+        )
+    terms = list(terms)
+    looped = [
+        t
+        for t in terms
+        if getattr(t, "student_features", ())
+        or getattr(t, "teacher_features", ())
+        or (isinstance(t, nn.Module) and any(p.requires_grad for p in t.parameters()))
+    ]
+    if looped:
+        names = ", ".join(type(t).__name__ for t in looped)
+        _say_once(
+            f"loop:{names}",
+            f"distill_population: {names} taps features or has "
+            f"parameters and is not vectorised: training the seeds one by one with "
+            f"Distiller",
+        )
+        return _distill_one_by_one(
+            model_fn,
+            seeds,
+            teacher,
+            train_loader,
+            epochs,
+            val_loader,
+            terms=make_terms or (lambda: copy.deepcopy(terms)),
+            temperature=temperature,
+            alpha=alpha,
+            loss=loss,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            lr_schedule=lr_schedule,
+            cache_teacher=cache_teacher,
+            device=device,
+            shuffle=shuffle,
+        )
+    pop = Population(model_fn, seeds, device, max_bytes)
+    teacher = freeze(teacher.to(pop.device))
+    for t in terms:
+        if not hasattr(t, "weight"):
+            raise ValueError(f"term {t!r} has no 'weight' attribute")
+
+    def base(z, t, y):
+        if loss is not None:
+            out = loss(z, t, y)
+            return out.total if hasattr(out, "total") else out
+        return kd_loss(z, t, y, temperature=temperature, alpha=alpha)
+
+    def with_terms(z, t, y, which):
+        total = base(z, t, y)
+        for term in which:
+            total = total + term.weight * term(Batch(None, y, None, z, t))
+        return total
+
+    separable = loss is None and all(isinstance(t, DKDTerm) for t in terms)
+    if not separable:
+        _say_once(
+            "member-loss",
+            "distill_population: a custom loss or term runs member by "
+            "member (the forward passes stay vectorised)",
+        )
+
+    def member_loss(z, t, y):
+        return with_terms(z, t, y, terms)
+
+    def stacked_loss(z, t, y):
+        return with_terms(z, t, y, terms)
+
+    teacher_fn = _teacher_logits_fn(teacher, pop.device, train_loader, cache_teacher)
+    return _train(
+        pop,
+        train_loader,
+        epochs,
+        val_loader,
+        member_loss,
+        stacked_loss if separable else None,
+        teacher_fn,
+        optimizer or _adam_factory(lr, weight_decay),
+        lr_schedule,
+        shuffle,
+    )
+
+
+def _distill_one_by_one(
+    model_fn, seeds, teacher, train_loader, epochs, val_loader, *, device, shuffle, terms, **kwargs
+) -> Population:
+    """The fallback: one Distiller per seed (with ``terms()``, a fresh set of terms, made right
+    after the seed's model), then the trained members stacked."""
+    seeds = check_seeds(seeds)
+    loaders = _member_loaders(train_loader, seeds, shuffle) or [train_loader] * len(seeds)
+    generator = getattr(train_loader, "generator", None)
+    start = generator.get_state() if generator is not None and shuffle == "paired" else None
+    members, histories = [], []
+    for s, loader in zip(seeds, loaders):
+        if start is not None:  # the paired design: every seed sees the same batches
+            generator.set_state(start)
+        seed_everything(s)
+        model = model_fn()
+        distiller = Distiller(model, teacher, device=device, terms=terms(), **kwargs)
+        histories.append(distiller.fit(loader, epochs, val_loader=val_loader))
+        members.append(model)
+    pop = Population.from_members(members, seeds)
+    pop.model_fn = model_fn
+    for e in range(epochs):
+        record = {
+            "epoch": e + 1,
+            "train_loss": sum(h[e]["train_loss"] for h in histories) / len(seeds),
+        }
+        if val_loader is not None:
+            record["val_accuracy"] = [h[e]["val_accuracy"] for h in histories]
+        pop.history.append(record)
+    return pop

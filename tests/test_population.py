@@ -1,0 +1,200 @@
+"""A population of S seeds trains each member exactly as that seed trained alone."""
+
+import pytest
+import torch
+
+from kdlib import data, models
+from kdlib.distill import Distiller, seed_everything, train_supervised
+from kdlib.losses import DKDTerm
+from kdlib.population import (
+    Population,
+    distill_population,
+    estimate_bytes,
+    train_population,
+)
+
+SEEDS = [0, 3, 7]
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_digits()
+
+
+def mlp():
+    return models.MLP(64, (16,), 10)
+
+
+def cnn():
+    return models.SmallCNN(1, 10, width=4, depth=2)
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    seed_everything(11)
+    model = models.SmallCNN(1, 10, width=8, depth=2)
+    train_supervised(model, digits.train.loader(64, shuffle=True), epochs=2, lr=1e-2, device="cpu")
+    return model
+
+
+def assert_same_state(alone, member, tol=1e-5):
+    a, b = alone.state_dict(), member.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name].float(), b[name].float(), atol=tol, rtol=1e-4), name
+
+
+def loader(digits, **kw):
+    return digits.train.loader(64, shuffle=True, seed=5, **kw)
+
+
+@pytest.mark.parametrize("model_fn", [mlp, cnn], ids=["MLP", "SmallCNN"])
+def test_train_population_equals_each_seed_alone(digits, model_fn):
+    pop = train_population(model_fn, SEEDS, loader(digits), EPOCHS, lr=1e-2, device="cpu")
+    for k, s in enumerate(SEEDS):
+        seed_everything(s)
+        alone = model_fn()
+        train_supervised(alone, loader(digits), EPOCHS, lr=1e-2, device="cpu")
+        assert_same_state(alone, pop.member(k))  # SmallCNN: BatchNorm's running stats too
+    # the members differ from each other: only their initialisation did
+    a, b = pop.member(0).state_dict(), pop.member(1).state_dict()
+    assert not torch.allclose(
+        a["head.weight"] if "head.weight" in a else a["head.1.weight"],
+        b["head.weight"] if "head.weight" in b else b["head.1.weight"],
+    )
+
+
+LOSSES = {
+    "KD": dict(temperature=4.0, alpha=0.5),
+    "DKD": dict(alpha=1.0, terms=lambda: [DKDTerm()]),
+    "KD-cache": dict(temperature=2.0, alpha=0.3, cache_teacher=True),
+}
+
+
+@pytest.mark.parametrize("model_fn", [mlp, cnn], ids=["MLP", "SmallCNN"])
+@pytest.mark.parametrize("method", list(LOSSES))
+def test_distill_population_equals_each_seed_alone(digits, teacher, model_fn, method):
+    def kwargs():
+        kw = dict(LOSSES[method])
+        if "terms" in kw:
+            kw["terms"] = kw["terms"]()
+        return kw
+
+    pop = distill_population(
+        model_fn,
+        SEEDS,
+        teacher,
+        loader(digits, return_index=True),
+        EPOCHS,
+        lr=1e-2,
+        device="cpu",
+        **kwargs(),
+    )
+    for k, s in enumerate(SEEDS):
+        seed_everything(s)
+        alone = model_fn()
+        Distiller(alone, teacher, lr=1e-2, device="cpu", **kwargs()).fit(
+            loader(digits, return_index=True), EPOCHS
+        )
+        assert_same_state(alone, pop.member(k))
+
+
+def test_few_labels_and_per_seed_shuffles_equal_each_seed_alone(digits, teacher):
+    few = data.few_labels(digits.train, 100, seed=0)
+    pop = distill_population(
+        mlp,
+        SEEDS,
+        teacher,
+        few.loader(32, shuffle=True),
+        EPOCHS,
+        lr=1e-2,
+        device="cpu",
+        shuffle="per-seed",
+    )
+    for k, s in enumerate(SEEDS):
+        seed_everything(s)
+        alone = mlp()
+        Distiller(alone, teacher, lr=1e-2, device="cpu").fit(
+            few.loader(32, shuffle=True, seed=s), EPOCHS
+        )
+        assert_same_state(alone, pop.member(k))
+
+
+def test_evaluate_gives_one_row_per_seed_matching_the_member(digits):
+    pop = train_population(
+        mlp, SEEDS, loader(digits), 1, lr=1e-2, device="cpu", val_loader=digits.val
+    )
+    rows = pop.evaluate(digits.test)
+    assert [r["seed"] for r in rows] == SEEDS
+    from kdlib.distill import evaluate
+
+    for k, row in enumerate(rows):
+        assert abs(row["accuracy"] - evaluate(pop.member(k), digits.test)["accuracy"]) < 1e-9
+    assert len(pop.history) == 1 and len(pop.history[0]["val_accuracy"]) == len(SEEDS)
+
+
+def test_feature_terms_fall_back_to_one_distiller_per_seed_and_say_so(digits, teacher):
+    from kdlib.features import AttentionTerm
+
+    term = AttentionTerm([("block2", "block2")])
+    with pytest.warns(UserWarning, match="one by one"):
+        pop = distill_population(
+            cnn, SEEDS[:2], teacher, loader(digits), 1, lr=1e-2, device="cpu", terms=[term]
+        )
+    seed_everything(SEEDS[1])
+    alone = cnn()
+    Distiller(
+        alone, teacher, lr=1e-2, device="cpu", terms=[AttentionTerm([("block2", "block2")])]
+    ).fit(loader(digits), 1)
+    assert_same_state(alone, pop.member(1))
+
+
+@pytest.mark.parametrize(
+    "seeds, match",
+    [
+        ([], "seeds is empty"),
+        ([0, -1], "seeds must be >= 0"),
+        (3, "seeds must be a list"),
+        ([0, 0], "distinct"),
+        ([0.5], "seeds must be ints"),
+    ],
+)
+def test_bad_seeds_are_refused_by_name(seeds, match):
+    with pytest.raises(ValueError, match=match):
+        Population(mlp, seeds, device="cpu")
+
+
+def test_a_population_too_large_is_refused_before_allocating():
+    need = estimate_bytes(mlp(), 1000)
+    with pytest.raises(MemoryError, match=f"{need:,} bytes"):
+        Population(mlp, range(1000), device="cpu", max_bytes=need - 1)
+    assert len(Population(mlp, range(4), device="cpu", max_bytes=need)) == 4
+
+
+def test_label_smoothing_equals_each_seed_alone(digits):
+    pop = train_population(
+        mlp, SEEDS[:2], loader(digits), 1, lr=1e-2, device="cpu", label_smoothing=0.1
+    )
+    for k, s in enumerate(SEEDS[:2]):
+        seed_everything(s)
+        alone = mlp()
+        train_supervised(alone, loader(digits), 1, lr=1e-2, device="cpu", label_smoothing=0.1)
+        assert_same_state(alone, pop.member(k))
+
+
+def test_adapters_are_fresh_per_seed_in_the_fallback(digits, teacher):
+    from kdlib.features import HintTerm
+
+    def terms():
+        return [HintTerm("block2", "block2", 8, 16, weight=1.0)]
+
+    with pytest.warns(UserWarning, match="one by one"):
+        pop = distill_population(
+            cnn, SEEDS[:2], teacher, loader(digits), 1, lr=1e-2, device="cpu", terms=terms
+        )
+    for k, s in enumerate(SEEDS[:2]):
+        seed_everything(s)
+        alone = cnn()
+        Distiller(alone, teacher, lr=1e-2, device="cpu", terms=terms()).fit(loader(digits), 1)
+        assert_same_state(alone, pop.member(k))
