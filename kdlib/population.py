@@ -49,8 +49,9 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kdlib.data import TensorLoader
-from kdlib.distill import Batch, Distiller, freeze, pick_device, seed_everything
+from kdlib.distill import Batch, Distiller, freeze
 from kdlib.losses import IGNORE_INDEX, DKDTerm, hard_loss, kd_loss
+from kdlib.runtime import pick_device, seed_everything
 
 __all__ = [
     "Population",
