@@ -30,11 +30,10 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
-import os
-import tempfile
+import logging
 import warnings
 from collections.abc import Iterable
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +226,20 @@ class OnnxModel(nn.Module):
         return f"{self.path.name}, {self.size_bytes:,} bytes"
 
 
+@contextmanager
+def _quiet():
+    """ONNX Runtime's quantiser logs advice through the root logger and prints to stderr:
+    silence both while it runs (its errors still raise)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
 def _calibration_batches(calibration, batch_size: int) -> list[np.ndarray]:
     if isinstance(calibration, torch.Tensor):
         x = calibration
@@ -282,8 +295,7 @@ def quantize_int8(
         raise FileNotFoundError(f"path: no ONNX file at {path}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if calibration is None:
-        with redirect_stderr(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             quantize_dynamic(
                 str(path), str(out_path), weight_type=QuantType.QInt8, per_channel=per_channel
             )
@@ -300,24 +312,17 @@ def quantize_int8(
         def get_next(self):
             return next(self.items, None)
 
-    with tempfile.TemporaryDirectory() as tmp, redirect_stderr(io.StringIO()):
-        cwd = os.getcwd()
-        os.chdir(tmp)  # the calibrator writes its augmented model into the working folder
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                quantize_static(
-                    str(path.resolve()),
-                    str(out_path.resolve()),
-                    Reader(),
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    per_channel=per_channel,
-                    calibrate_method=CalibrationMethod.MinMax,
-                )
-        finally:
-            os.chdir(cwd)
+    with _quiet():  # the calibrator keeps its augmented model in a temporary folder
+        quantize_static(
+            str(path),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
     return out_path
 
 
