@@ -265,6 +265,7 @@ def quantize_int8(
     *,
     batch_size: int = 64,
     per_channel: bool = False,
+    op_types: tuple[str, ...] | None = ("Conv", "MatMul", "Gemm"),
 ) -> Path:
     """Post-training int8 quantisation of the ONNX model ``path``, written to ``out_path``.
 
@@ -274,6 +275,10 @@ def quantize_int8(
     and max over the calibration inputs, fed in batches of ``batch_size``. Without it, dynamic
     quantisation (int8 weights of the matrix products; activations quantised per batch at run
     time). ``per_channel``: one weight scale per output channel instead of one per tensor.
+    ``op_types``: the operators quantised, by default those that hold weights (convolutions
+    and matrix products); ``None``: every operator ONNX Runtime can quantise (static
+    quantisation then also wraps additions, layer norms... in quantise/dequantise pairs,
+    which on a small transformer makes the file larger than the float one).
 
     Raises:
         ImportError: the ``export`` extra is missing.
@@ -297,7 +302,11 @@ def quantize_int8(
     if calibration is None:
         with _quiet():
             quantize_dynamic(
-                str(path), str(out_path), weight_type=QuantType.QInt8, per_channel=per_channel
+                str(path),
+                str(out_path),
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                op_types_to_quantize=list(op_types) if op_types else None,
             )
         return out_path
     batches = _calibration_batches(calibration, batch_size)
@@ -322,6 +331,7 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
             calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=list(op_types) if op_types else None,
         )
     return out_path
 
