@@ -24,7 +24,9 @@ Output convention (the one DeiT's code uses):
 ``model(x, return_features=True)`` returns ``(logits, features)`` with the hidden states
 ``block1 .. blockD`` ``(N, T, dim)`` (``T`` tokens: the class token, the distillation token if
 any, then the patches), as the other kdlib models do; ``feature_names`` lists them, so
-``kdlib.features.FeatureTaps`` taps the same names.
+``kdlib.features.FeatureTaps`` taps the same names. :meth:`ViT.patch_map` turns a hidden state's
+patch tokens into a feature map for :func:`kdlib.features.hint_loss` (feature distillation of
+hidden states, as TinyBERT does with its hidden-state loss).
 """
 
 from __future__ import annotations
@@ -199,6 +201,26 @@ class ViT(nn.Module):
         elif return_heads:
             logits = logits.unsqueeze(1)  # (N, 1, C): the class head only
         return (logits, features) if return_features else logits
+
+    def patch_map(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The patch tokens of a hidden state as a feature map, for feature distillation.
+
+        ``hidden`` ``(N, T, dim)`` (a feature ``blockK``, prefix tokens first) becomes
+        ``(N, dim, g, g)``, ``g = image_size / patch_size``: token ``(i, j)`` of the patch grid
+        at pixel ``(i, j)``. The class and distillation tokens are dropped. A map is what
+        :func:`kdlib.features.hint_loss` takes, so the FitNets hint (a 1x1 adapter is a linear
+        map applied to every token, TinyBERT's hidden-state loss) matches a transformer
+        student's hidden states with a CNN teacher's feature maps (resized to the teacher's
+        grid) or with another ViT's.
+        """
+        g = self.image_size // self.patch_size
+        if hidden.dim() != 3 or hidden.shape[1] != self.num_prefix + g * g:
+            raise ValueError(
+                f"hidden must be a hidden state (N, {self.num_prefix + g * g}, dim) of this ViT, "
+                f"got shape {tuple(hidden.shape)}"
+            )
+        patches = hidden[:, self.num_prefix :]  # (N, g * g, dim)
+        return patches.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[2], g, g)
 
     def extra_repr(self) -> str:
         return (

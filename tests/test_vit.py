@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from kdlib.data import load_digits
-from kdlib.features import FeatureTaps
+from kdlib.features import FeatureTaps, hint_loss, make_adapter
 from kdlib.losses import soft_loss
+from kdlib.models import SmallCNN
 from kdlib.population import distill_population
 from kdlib.runtime import seed_everything
 from kdlib.vit import ViT, deit_loss
@@ -158,3 +159,26 @@ def test_deit_student_learns_the_teacher_through_the_token():
     agree_dist = (heads[:, 1].argmax(1) == t).float().mean()
     agree_labels = (heads[:, 0].argmax(1) == digits.train.y).float().mean()
     assert agree_dist > 0.3 and agree_labels > 0.3  # chance is 0.1
+
+
+def test_patch_map_feeds_the_fitnets_hint_from_a_cnn_teacher():
+    """Feature distillation of hidden states: a ViT's patch tokens as a map, hinted by a CNN."""
+    torch.manual_seed(0)
+    student = ViT(patch_size=2, distillation=True)  # a 4x4 grid of patches
+    teacher = SmallCNN(1, 10, width=8, depth=2, image_size=8).eval()
+    x = torch.randn(3, 1, 8, 8)
+    _, hidden = student(x, return_features=True)
+    h = hidden["block2"]  # (3, 2 + 16, 32)
+    grid = student.patch_map(h)
+    assert grid.shape == (3, 32, 4, 4)
+    # token (i, j) of the grid is the patch at row i, column j
+    assert torch.equal(grid[:, :, 1, 2], h[:, 2 + 1 * 4 + 2])
+    _, t_features = teacher(x, return_features=True)
+    t_map = t_features["block2"]  # (3, 16, 2, 2)
+    adapter = make_adapter(32, 16)
+    loss = hint_loss(grid, t_map, adapter)
+    loss.backward()
+    assert loss > 0 and student.block1.attn.qkv.weight.grad is not None
+    assert student.head.weight.grad is None  # a hidden-state loss does not reach the heads
+    with pytest.raises(ValueError, match="hidden"):
+        student.patch_map(torch.randn(3, 17, 32))
