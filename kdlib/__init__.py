@@ -11,6 +11,8 @@ Modules, each named for what it holds:
 - ``kdlib.data``     the embedded digits dataset, torchvision datasets, transfer-set helpers
 - ``kdlib.models``   MLPs, small CNNs and the CIFAR ResNets of the KD literature
 - ``kdlib.lm``       language models: per-token KD losses, sequence-level and on-policy KD
+- ``kdlib.vit``      a small vision transformer with DeiT's distillation token, ``deit_loss``
+- ``kdlib.export``   ONNX export, ONNX Runtime on the CPU, int8 quantisation (``export`` extra)
 - ``kdlib.distill``  ``freeze``, ``train_supervised``, ``Distiller``
 - ``kdlib.training`` what the training loops share: the first-batch check, Adam, checkpoints
 - ``kdlib.logit_cache`` ``TeacherLogitCache``: the teacher's logits, computed once per sample

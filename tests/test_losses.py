@@ -233,6 +233,7 @@ def _every_loss():
     from kdlib.losses import dkd_loss
     from kdlib.online import dml_losses
     from kdlib.relations import rkd_loss, similarity_preserving_loss
+    from kdlib.vit import deit_loss
 
     g = torch.Generator().manual_seed(3)
     s, t = torch.randn(8, 5, generator=g) * 2, torch.randn(8, 5, generator=g) * 3
@@ -250,6 +251,11 @@ def _every_loss():
         "dkd": (lambda z, check: dkd_loss(z, t, y, 1.0, 8.0, 4.0, check=check), s),
         "dml": (
             lambda z, check: sum(dml_losses([z, t, s * 0.5], y_some, 2.0, 0.4, check=check)),
+            s,
+        ),
+        "deit_hard": (lambda z, check: deit_loss(z, z * 0.7, t, y_some, "hard", check=check), s),
+        "deit_soft": (
+            lambda z, check: deit_loss(z, z * 0.7, t, y_some, "soft", 3.0, 0.1, check=check),
             s,
         ),
         "hint": (lambda f, check: hint_loss(f, ft, adapter, check=check), fs),

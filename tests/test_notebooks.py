@@ -34,8 +34,8 @@ def _read(path: Path):
     return nbformat.read(path, as_version=4)
 
 
-def test_the_course_has_its_ten_notebooks():
-    assert [n[:2] for n in NAMES] == [f"{i:02d}" for i in range(1, 11)], NAMES
+def test_the_course_has_its_eleven_notebooks():
+    assert [n[:2] for n in NAMES] == [f"{i:02d}" for i in range(1, 12)], NAMES
     released = sorted(p.stem for p in (ROOT / "notebooks").glob("*/*.ipynb"))
     assert released == NAMES
 
@@ -134,7 +134,9 @@ def test_release_leaks_no_solution_and_no_hidden_test(path):
     leaked = [line for line in solution + hidden if line in release_lines and line not in elsewhere]
     assert not leaked, f"solution or hidden-test text in the release: {leaked[:5]}"
     stubs = text.count("raise NotImplementedError()")
-    answer_cells = [c for c in source.cells if _nbgrader(c).get("solution")]
+    answer_cells = [  # code answers get a stub; a written (markdown) answer does not
+        c for c in source.cells if _nbgrader(c).get("solution") and c.cell_type == "code"
+    ]
     assert stubs >= len(answer_cells) > 0
 
 
