@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlparse
 
 import nbformat
 import pytest
+from bs4 import BeautifulSoup
 
 from kdlib.course.site import build_site, library_modules, student_view
 
@@ -23,15 +24,15 @@ NAMES = sorted(p.name for p in (ROOT / "notebooks").iterdir() if p.is_dir())
 def _solution_lines() -> list[str]:
     """Distinctive lines of code that only the solutions hold (answers and hidden tests)."""
     lines = []
+    releases = "".join(p.read_text() for p in sorted((ROOT / "notebooks").glob("*/*.ipynb")))
     for path in sorted((ROOT / "solutions").glob("*/*.ipynb")):
-        release = (ROOT / "notebooks" / path.parent.name / path.name).read_text()
         for cell in nbformat.read(path, as_version=4).cells:
             for region in re.findall(
                 r"### BEGIN (?:SOLUTION|HIDDEN TESTS)\n(.*?)### END", cell.source, flags=re.S
             ):
                 for line in region.splitlines():
                     line = line.strip()
-                    if len(line) > 30 and json.dumps(line)[1:-1] not in release:
+                    if len(line) > 30 and json.dumps(line)[1:-1] not in releases:
                         lines.append(line)
     return lines
 
@@ -111,12 +112,16 @@ def test_site_shows_the_run_but_no_solution(site):
     solutions = _solution_lines()
     assert len(solutions) > 20  # the check below has something to find
     for name in NAMES:
-        text = html.unescape((folder / f"{name}.html").read_text(encoding="utf-8"))
+        page = (folder / f"{name}.html").read_text(encoding="utf-8")
+        text = BeautifulSoup(page, features="html.parser").get_text()  # code without highlighting
         assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text
         assert "raise NotImplementedError()" in text or name == "05_distillation_vs_finetuning"
         leaked += [f"{name}: {line}" for line in solutions if line in text]
         # the run's outputs are on the page: its figures, and text it printed
-        assert "data:image/png" in text, name
+        soup = BeautifulSoup(page, features="html.parser")
+        outputs = soup.select(".jp-OutputArea-output")
+        assert any(o.find("img", src=re.compile("^data:image/png")) for o in outputs), name
+        assert any(o.find("pre") for o in outputs), name
     assert not leaked, leaked[:10]
 
 

@@ -135,6 +135,34 @@ def _docstring_markdown(doc: str | None) -> str:
     return "\n".join(out)
 
 
+class _Annotation(str):
+    """An annotation shown as written (``torch.Tensor``, not ``'torch.Tensor'``)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _signature(obj) -> str:
+    """``(x: torch.Tensor, tau: float = 1.0) -> torch.Tensor``: annotations as written."""
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return ""
+
+    def shown(annotation):
+        if annotation is inspect.Parameter.empty:
+            return annotation
+        text = getattr(annotation, "__forward_arg__", annotation)
+        return _Annotation(text) if isinstance(text, str) else annotation
+
+    parameters = [p.replace(annotation=shown(p.annotation)) for p in signature.parameters.values()]
+    return str(
+        signature.replace(
+            parameters=parameters, return_annotation=shown(signature.return_annotation)
+        )
+    )
+
+
 def _api_markdown(module_name: str) -> str:
     module = importlib.import_module(module_name)
     names = getattr(module, "__all__", None)
@@ -149,10 +177,7 @@ def _api_markdown(module_name: str) -> str:
         obj = getattr(module, name, None)
         if obj is None or inspect.ismodule(obj):
             continue
-        try:
-            signature = str(inspect.signature(obj)) if callable(obj) else ""
-        except (TypeError, ValueError):
-            signature = ""
+        signature = _signature(obj) if callable(obj) else ""
         kind = "class" if inspect.isclass(obj) else ("function" if callable(obj) else "")
         parts += [
             f"## {name}",
@@ -168,10 +193,7 @@ def _api_markdown(module_name: str) -> str:
                 ):
                     continue
                 target = member.fget if isinstance(member, property) else member
-                try:
-                    sig = "" if isinstance(member, property) else str(inspect.signature(target))
-                except (TypeError, ValueError):
-                    sig = ""
+                sig = "" if isinstance(member, property) else _signature(target)
                 parts += [f"### {name}.{attr}", "", f"```python\n{attr}{sig}\n```", ""]
                 parts += [_docstring_markdown(inspect.getdoc(target)), ""]
     return "\n".join(parts)

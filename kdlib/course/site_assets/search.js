@@ -8,14 +8,14 @@
     (window.KDLIB_SEARCH || []).forEach(function (entry) {
       var text = (entry.title + " " + entry.text).toLowerCase();
       if (q.every(function (w) { return text.indexOf(w) >= 0; })) {
-        var at = entry.text.toLowerCase().indexOf(q[0]);
+        var at = Math.max(0, entry.text.toLowerCase().indexOf(q[0]));
         var snippet = entry.text.slice(Math.max(0, at - 40), at + 80);
         hits.push({url: entry.url, title: entry.title, snippet: snippet,
                    score: entry.title.toLowerCase().indexOf(q[0]) >= 0 ? 0 : 1});
       }
     });
     hits.sort(function (a, b) { return a.score - b.score; });
-    return hits.slice(0, 25);
+    return hits.slice(0, 12);
   }
   window.kdlibSearch = search;
   document.addEventListener("DOMContentLoaded", function () {
