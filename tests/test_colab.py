@@ -1,16 +1,13 @@
-"""The Colab set-up cell: in every notebook, inert everywhere but on Colab, where it installs the
-class's kdlib; `kdlib release --student-edition --colab-repo` points it at the class's repository."""
+"""The Colab set-up cell: in every notebook, inert everywhere but on Colab, where it installs
+the class's kdlib; `kdlib release --student-edition --colab-repo` names the class's repository."""
 
 from __future__ import annotations
 
 import functools
 import http.server
-import os
 import subprocess
 import sys
-import sysconfig
 import threading
-import venv
 from pathlib import Path
 
 import nbformat
@@ -90,23 +87,7 @@ def test_release_command_refuses_colab_without_a_student_edition():
     assert main(["release", "--colab-repo", "my-org/kd", "--course-dir", str(ROOT)]) == 2
 
 
-def _fresh_python(tmp_path: Path) -> tuple[Path, dict]:
-    """A virtual environment with this one's packages (torch, ...) but without kdlib."""
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=False).create(env_dir)
-    python = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    site = subprocess.run(
-        [python, "-c", purelib], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    Path(site, "reuse.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    # offline and without dependencies: only the class's kdlib is installed
-    env.update(PIP_NO_INDEX="1", PIP_NO_DEPS="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    return python, env
-
-
-def test_on_a_simulated_colab_the_cell_installs_the_class_kdlib(tmp_path):
+def test_on_a_simulated_colab_the_cell_installs_the_class_kdlib(tmp_path, python_without_kdlib):
     """A kernel where `google.colab` is loaded (as on Colab) runs the student edition's set-up
     cell: it installs kdlib from the class's repository (a wheel served over HTTP from a local
     folder) and reports the GPU; the same cell without Colab, or the course's own copy, does
@@ -135,7 +116,9 @@ def test_on_a_simulated_colab_the_cell_installs_the_class_kdlib(tmp_path):
         (fake / "google" / "colab").mkdir(parents=True)
         (fake / "google" / "__init__.py").write_text("")
         (fake / "google" / "colab" / "__init__.py").write_text("")
-        python, env = _fresh_python(tmp_path)
+        python, env = python_without_kdlib
+        # offline and without dependencies: only the class's kdlib is installed
+        env.update(PIP_NO_INDEX="1", PIP_NO_DEPS="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
         where = "import kdlib; print('kdlib at', kdlib.__file__)"
 
         def kernel(code: str, colab: bool) -> subprocess.CompletedProcess:

@@ -69,7 +69,8 @@ def _internal_links(page: Path):
     text = page.read_text(encoding="utf-8")
     for attr, url in re.findall(r'\b(href|src)="([^"]+)"', text):
         parsed = urlparse(html.unescape(url))
-        if parsed.scheme in ("http", "https", "mailto", "data", "javascript") or url.startswith("//"):
+        remote = parsed.scheme in ("http", "https", "mailto", "data", "javascript")
+        if remote or url.startswith("//"):
             continue
         yield attr, html.unescape(url)
 
