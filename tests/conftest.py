@@ -61,3 +61,25 @@ def course(tmp_path_factory):
         echo=lambda *a, **k: None,
     )
     return out, {nb.name: nb for nb in run.notebooks}
+
+
+@pytest.fixture
+def python_without_kdlib(tmp_path):
+    """``(python, env)``: a fresh virtual environment in ``tmp_path/venv`` that reuses this one's
+    packages (torch, Jupyter, pip) but not its kdlib (an editable install's finder lives in a
+    .pth file, which a path added this way does not run), and an environment for it."""
+    import os
+    import subprocess
+    import sysconfig
+    import venv
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = subprocess.run(
+        [python, "-c", purelib], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    Path(site, "reuse.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return python, env

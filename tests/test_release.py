@@ -136,30 +136,18 @@ def test_student_edition_rerun_gives_the_same_tree_and_keeps_git(tmp_path):
 
 
 @pytest.mark.notebooks
-def test_student_edition_installs_and_runs_up_to_the_first_exercise(tmp_path):
+def test_student_edition_installs_and_runs_up_to_the_first_exercise(tmp_path, python_without_kdlib):
     """In a fresh virtual environment that reuses this one's packages (torch, Jupyter) but not
     its kdlib, the student edition installs, its kdlib is the one imported, its `kdlib` command
     offers no instructor subcommand, and a notebook runs up to its first exercise."""
-    import os
     import subprocess
-    import sysconfig
-    import venv
 
     from kdlib.course.release import student_edition
 
     edition = tmp_path / "edition"
     student_edition(edition, course_dir=ROOT)
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=False).create(env_dir)
-    python = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    site = subprocess.run(
-        [python, "-c", purelib], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    # this environment's packages (torch, nbclient, pip, ...) without its editable kdlib, whose
-    # finder lives in a .pth file that a path added this way does not run
-    Path(site, "reuse.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    python, env = python_without_kdlib
+    env_dir = python.parent.parent
     env.update(KDLIB_FAST="1", MPLBACKEND="agg", OMP_NUM_THREADS="1", KDLIB_PROGRESS="0")
 
     def run(*args, cwd=tmp_path):

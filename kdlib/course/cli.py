@@ -1,6 +1,7 @@
 """The ``kdlib`` command.
 
     kdlib course run [--fast] [--device auto|cpu|cuda|mps] [--only 03,04] [--jobs N]
+    kdlib course site [--run build/course] [--out build/site]
     kdlib grade [ASSIGNMENT ...] --submissions DIR [--db URL] [--out DIR]
     kdlib release [ASSIGNMENT ...]      regenerate notebooks/ from solutions/ with nbgrader
     kdlib data download NAME [--root data]
@@ -74,6 +75,7 @@ class _DeviceCommand:
 # subcommand path -> (module or command object, help)
 _ALL_COMMANDS = {
     ("course", "run"): ("kdlib.course.run", "execute the course notebooks headless and report"),
+    ("course", "site"): ("kdlib.course.site", "build the course website (offline, static)"),
     ("grade",): ("kdlib.course.grade", "autograde a folder of submissions: grades and feedback"),
     ("release",): ("kdlib.course.release", "regenerate notebooks/ from solutions/ with nbgrader"),
     ("data", "download"): (_DataCommand, "download a torchvision dataset into data/"),

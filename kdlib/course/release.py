@@ -284,9 +284,26 @@ def add_arguments(parser: argparse.ArgumentParser, path=("release",)) -> None:
         help="then write the students' repository (release notebooks, kdlib, data, tests that "
         "need no solution, a README for students; no solutions) to DIR, keeping DIR/.git",
     )
+    parser.add_argument(
+        "--colab-repo",
+        metavar="ORG/REPO[@BRANCH]",
+        default=None,
+        help="with --student-edition: the GitHub repository the class clones; each notebook "
+        "gets an 'Open in Colab' link, and on Colab its first cell installs kdlib from there",
+    )
+    parser.add_argument(
+        "--colab-install",
+        metavar="REQUIREMENT",
+        default=None,
+        help="with --colab-repo: what the Colab cell pip-installs instead of "
+        "git+https://github.com/ORG/REPO@BRANCH (another host, a wheel URL)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    if (args.colab_repo or args.colab_install) and not args.student_edition:
+        print("kdlib release: --colab-repo needs --student-edition DIR", file=sys.stderr)
+        return 2
     try:
         changed = release(
             args.assignments or None,
@@ -305,7 +322,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"updated {path}")
     if args.student_edition:
         try:
-            files = student_edition(args.student_edition, course_dir=args.course_dir)
+            files = student_edition(
+                args.student_edition,
+                course_dir=args.course_dir,
+                colab_repo=args.colab_repo,
+                colab_install=args.colab_install,
+            )
         except (ValueError, RuntimeError) as err:
             print(f"kdlib release: {err}", file=sys.stderr)
             return 2
@@ -408,9 +430,20 @@ data/*
 """
 
 
-def student_edition_files(course_dir: str | Path | None = None) -> dict[str, bytes]:
-    """``{relative path: content}`` of the student repository (from the committed release)."""
+def student_edition_files(
+    course_dir: str | Path | None = None,
+    colab_repo: str | None = None,
+    colab_install: str | None = None,
+) -> dict[str, bytes]:
+    """``{relative path: content}`` of the student repository (from the committed release).
+
+    ``colab_repo`` (``ORG/REPO[@BRANCH]``, the GitHub repository the class clones): each
+    notebook gets an "Open in Colab" link and its Colab set-up cell installs kdlib from there
+    (or from the pip requirement ``colab_install``); see :mod:`kdlib.course.colab`.
+    """
     root = _root(course_dir)
+    if colab_install is not None and colab_repo is None:
+        raise ValueError("colab_install: needs colab_repo (the repository the links open)")
     names = (
         sorted(
             p.name for p in (root / "notebooks").iterdir() if p.is_dir() and any(p.glob("*.ipynb"))
@@ -421,7 +454,15 @@ def student_edition_files(course_dir: str | Path | None = None) -> dict[str, byt
     out: dict[str, bytes] = {}
     for name in names:
         for path in _files(root / "notebooks" / name):
-            out[path.relative_to(root).as_posix()] = path.read_bytes()
+            rel = path.relative_to(root).as_posix()
+            out[rel] = path.read_bytes()
+            if colab_repo is not None and path.suffix == ".ipynb":
+                from kdlib.course.colab import for_colab
+
+                nb = for_colab(
+                    nbformat.reads(out[rel].decode(), as_version=4), rel, colab_repo, colab_install
+                )
+                out[rel] = (nbformat.writes(nb, version=4) + "\n").encode()
     for path in _files(root / "kdlib"):
         rel = path.relative_to(root)
         if rel.parts[1:2] == ("course",) and rel.as_posix() not in {
@@ -469,17 +510,23 @@ def student_edition_files(course_dir: str | Path | None = None) -> dict[str, byt
     return out
 
 
-def student_edition(dest: str | Path, course_dir: str | Path | None = None) -> list[str]:
+def student_edition(
+    dest: str | Path,
+    course_dir: str | Path | None = None,
+    colab_repo: str | None = None,
+    colab_install: str | None = None,
+) -> list[str]:
     """Write the student repository to ``dest`` (keeping ``dest/.git``); returns its files.
 
     Everything else in ``dest`` is replaced, so the result depends only on the course: running
-    it again gives the same tree.
+    it again gives the same tree. ``colab_repo``, ``colab_install``: see
+    :func:`student_edition_files`.
     """
     dest = Path(dest).resolve()
     root = _root(course_dir)
     if dest == root or root in dest.parents:
         raise ValueError(f"DIR must be outside the course repository, got {dest}")
-    files = student_edition_files(root)
+    files = student_edition_files(root, colab_repo=colab_repo, colab_install=colab_install)
     dest.mkdir(parents=True, exist_ok=True)
     for entry in dest.iterdir():
         if entry.name == ".git":
