@@ -76,6 +76,7 @@ BAD_INPUT = {
     "assignment-failed",
     "bad-student-id",
     "grading-error",
+    "resource-limit",
 }
 _GLOB_SPECIAL = set("*?[]")  # nbgrader finds submissions with glob: ids cannot contain these
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a newline in an id breaks paths, logs and CSVs
@@ -526,6 +527,8 @@ class _Grading:
     feedback: bool
     echo: Callable
     jobs: int = 1  # submissions autograded at once, each in its own process and kernel
+    memory_limit: int | None = None  # bytes of data per submission's processes (None: none)
+    file_limit: int | None = None  # bytes per file written, and of its /tmp (None: none)
     sandbox: str = ""  # why the kernels run without bubblewrap ("" when they run in it)
     issues: list[Issue] = field(default_factory=list)
     graded: list[tuple[str, str]] = field(default_factory=list)
@@ -729,14 +732,15 @@ def _register_assignment(run: _Grading, api, name: str, release_dir: str, n_subs
                                 f"({_failure_reason(result)}); its {n_subs} submission(s) "
                                 "were not graded"))
         return None
-    release_sums, source_sums = {}, {}
+    release_sums, source_sums, released = {}, {}, {}
     with Gradebook(run.db_url, api.coursedir.course_id) as gb:
         for nb_name in run.known[name]:
             rel = read_notebook(Path(release_dir) / name / f"{nb_name}.ipynb")
             release_sums[nb_name] = _locked_checksums(rel)
+            released[nb_name] = {c.source.strip() for c in rel.cells if c.cell_type == "code"}
             nb_row = gb.find_notebook(nb_name, name)
             source_sums[nb_name] = {c.name: c.checksum for c in nb_row.source_cells if c.locked}
-    return release_sums, source_sums
+    return release_sums, source_sums, released
 
 
 @dataclass
@@ -810,7 +814,7 @@ def _prepare_submission(run: _Grading, sub: Submission, checksums, template: Pat
                                     "as plain cells"))
         nbformat.write(nb, str(scratch / f"{nb_name}.ipynb"))
         n_cells += len(nb.cells)
-        reasons = scan_cells(nb)
+        reasons = scan_cells(nb, checksums[2][nb_name])
         if reasons:
             run.issues.append(Issue(name, sub.student, "manual-review",
                                     f"{dest / nb_name}.ipynb: " + " | ".join(reasons)))
@@ -906,14 +910,37 @@ def _threads_per_job(jobs: int) -> dict[str, str]:
 
 
 def _child_main(run: _Grading, job: _Job, threads: dict[str, str]) -> None:
-    """Entry point of a submission's process."""
+    """Entry point of a submission's process: its share of the threads, its own process
+    group, the memory and file-size limits (inherited by the kernel), then autograding."""
+    from kdlib.course.sandbox import kdlib_path_entry
+
     os.environ.update(threads)
     os.environ["PYTHONSAFEPATH"] = "1"  # a kernel outside bubblewrap: cwd not on sys.path
+    entry = kdlib_path_entry()  # the kernel imports the grader's own kdlib
+    if entry:
+        os.environ["PYTHONPATH"] = entry
     try:
         os.setpgrp()  # its kernel (and anything left outside a sandbox) is one group
     except OSError:
         pass
+    set_resource_limits(run.memory_limit, run.file_limit)
     _child_autograde(run, job)
+
+
+def set_resource_limits(memory: int | None, files: int | None) -> None:
+    """Limit this process and those it starts (the kernel): ``memory`` bytes of data (heap and
+    private mappings, ``RLIMIT_DATA``: an allocation past it fails with a MemoryError) and
+    ``files`` bytes per file written (``RLIMIT_FSIZE``: a write past it fails with
+    ``OSError: File too large``). None or 0: no limit. Not on Windows."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return
+    for kind, value in ((resource.RLIMIT_DATA, memory), (resource.RLIMIT_FSIZE, files)):
+        if value:
+            hard = resource.getrlimit(kind)[1]
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(kind, (value, value))  # hard too: the kernel cannot raise it
 
 
 def _child_autograde(run: _Grading, job: _Job) -> None:
@@ -942,6 +969,7 @@ def _child_autograde(run: _Grading, job: _Job) -> None:
         GuardedExecute.sandboxed = not run.sandbox
         GuardedExecute.tampering = []
         SandboxedKernelManager.ipc_dir = ipc
+        SandboxedKernelManager.tmp_size = run.file_limit
         SandboxedKernelManager.hidden = [run.course, run.out, run.sub_root, job.root]
         from nbgrader.apps import NbGraderAPI
 
@@ -977,10 +1005,19 @@ def _finish_submission(run: _Grading, api, job: _Job, exitcode) -> None:
         stale = run.out / "feedback" / sub.student / name
         if stale.exists():
             shutil.rmtree(stale)
-        run.issues.append(Issue(name, sub.student, "autograde-failed",
-                                f"{run.submitted / sub.student / name}: autograding failed "
-                                f"({_failure_reason(result)}); scored 0 pending a manual "
-                                f"grade; log: {log_path}"))
+        kernel_log = job.root / "ipc" / "kernel.log"
+        text = (result.get("log") or "") + (result.get("error") or "") + (
+            kernel_log.read_text("utf-8", "replace")[-20000:] if kernel_log.is_file() else "")
+        if _LIMIT_HIT.search(text):
+            run.issues.append(Issue(name, sub.student, "resource-limit",
+                                    f"{run.submitted / sub.student / name}: the kernel died at "
+                                    f"the resource limits ({_limits(run)}); scored 0 pending "
+                                    f"a manual grade; log: {log_path}"))
+        else:
+            run.issues.append(Issue(name, sub.student, "autograde-failed",
+                                    f"{run.submitted / sub.student / name}: autograding failed "
+                                    f"({_failure_reason(result)}); scored 0 pending a manual "
+                                    f"grade; log: {log_path}"))
         run.echo(f"{job.who}: autograding FAILED")
         return
     _merge_grades(run.db_url, job.db_url, course_id, name, sub.student, job.missing)
@@ -991,6 +1028,9 @@ def _finish_submission(run: _Grading, api, job: _Job, exitcode) -> None:
             shutil.copyfile(item, autograded / item.name)
     run.graded.append((name, sub.student))
     _report_timeouts(run, sub, job.notebooks)
+    hit = _report_resource_limits(run, sub, job.notebooks)
+    if hit:
+        _zero_failed(run.db_url, course_id, name, sub.student)
     if result.get("tampering"):
         run.issues.append(Issue(name, sub.student, "tests-tampered",
                                 f"{autograded}: before its locked cells the grader had to put "
@@ -1042,7 +1082,7 @@ def _report_locked_cells(run: _Grading, sub: Submission, notebooks: dict, dest: 
                          checksums) -> None:
     """Report the locked cells a submission edited (restored by autograde) or deleted; returns
     the deleted ones per notebook."""
-    release_sums, source_sums = checksums
+    release_sums, source_sums, _ = checksums
     deleted = {}
     for nb_name, nb in sorted(notebooks.items()):
         modified, missing = check_locked_cells(nb, release_sums[nb_name], source_sums[nb_name])
@@ -1073,6 +1113,77 @@ def _report_timeouts(run: _Grading, sub: Submission, notebooks: dict) -> None:
                 run.issues.append(Issue(sub.assignment, sub.student, "cell-timeout",
                                         f"{path}: {', '.join(cut)} cut after the per-cell "
                                         f"timeout ({limit} s)"))
+
+
+# what an allocation past RLIMIT_DATA, a write past RLIMIT_FSIZE or a full /tmp raise
+_LIMIT_HIT = re.compile(r"MemoryError|can't allocate memory|Cannot allocate memory|"
+                        r"Unable to allocate|std::bad_alloc|File too large|"
+                        r"No space left on device|OutOfMemoryError")
+
+
+def _limits(run: _Grading) -> str:
+    return (f"--memory-limit {_fmt_bytes(run.memory_limit)}, "
+            f"--file-limit {_fmt_bytes(run.file_limit)}")
+
+
+def resource_limit_cells(nb) -> list[str]:
+    """grade_id (or ``cell N``) of each cell that failed at a resource limit (memory, file
+    size, a full /tmp)."""
+    hit = []
+    for index, cell in enumerate(nb.cells, start=1):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error" and _LIMIT_HIT.search(
+                    f"{output.get('ename', '')}: {output.get('evalue', '')}"):
+                hit.append(cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+                           or f"cell {index}")
+                break
+    return hit
+
+
+def _report_resource_limits(run: _Grading, sub: Submission, notebooks: dict) -> bool:
+    """Report the cells of an autograded submission that hit a resource limit; True if any
+    (the submission is then scored 0 pending a manual grade)."""
+    import nbformat
+
+    found = False
+    for nb_name in sorted(notebooks):
+        path = run.out / "autograded" / sub.student / sub.assignment / f"{nb_name}.ipynb"
+        if path.is_file():
+            hit = resource_limit_cells(nbformat.read(str(path), as_version=4))
+            if hit:
+                found = True
+                run.issues.append(Issue(sub.assignment, sub.student, "resource-limit",
+                                        f"{path}: {', '.join(hit)} failed at the resource "
+                                        f"limits ({_limits(run)}); scored 0 pending a manual "
+                                        "grade"))
+    return found
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if not n:
+        return "none"
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def parse_size(text: str, flag: str) -> int | None:
+    """``4G``, ``512M``, ``100K`` or a number of bytes; ``0`` or ``none``: no limit."""
+    value = str(text).strip().upper()
+    if value in ("0", "NONE", "OFF"):
+        return None
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    scale = units.get(value[-1:], 1)
+    number = value[:-1] if value[-1:] in units else value
+    try:
+        size = int(float(number) * scale)
+    except ValueError:
+        raise GradingError(f"{flag} {text!r}: expected a size such as 4G, 512M or 0 "
+                           "(no limit)") from None
+    if size < 0:
+        raise GradingError(f"{flag} {text!r}: a size cannot be negative")
+    return size or None
 
 
 def _write_reports(run: _Grading, course_id: str, selected: list[str]) -> Report:

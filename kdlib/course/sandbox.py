@@ -45,6 +45,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kdlib.course.guard import setup_code as guard_setup_code
+
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 HIDDEN_NOTICE = "# (hidden tests: not shown in the feedback; their result counts in the points)"
 OFF_SWITCH = "KDLIB_GRADE_SANDBOX"  # =off: grade without bubblewrap (and say so)
@@ -80,12 +82,23 @@ def bwrap_status() -> tuple[str | None, str]:
     return path, ""
 
 
+@functools.lru_cache(maxsize=1)
+def _bwrap_sizes_tmpfs() -> bool:
+    """Whether this bubblewrap has ``--size`` (0.8 and later) to cap a tmpfs."""
+    path = shutil.which("bwrap")
+    try:
+        done = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, TypeError, subprocess.TimeoutExpired):
+        return False
+    return "--size" in done.stdout + done.stderr
+
+
 def _namespace_args() -> list[str]:
     return ["--unshare-user-try", "--unshare-pid", "--unshare-net", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--cap-drop", "ALL"]
 
 
-def _system_binds() -> list[str]:
+def _system_binds(tmp_size: int | None = None) -> list[str]:
     """The operating system, read-only: /usr, the /bin /lib... links or folders, a few files of
     /etc (no secrets), a fresh /proc, /dev and /tmp."""
     args = ["--ro-bind", "/usr", "/usr"]
@@ -97,7 +110,9 @@ def _system_binds() -> list[str]:
     for name in ("passwd", "group", "nsswitch.conf", "localtime", "ld.so.cache", "ld.so.conf",
                  "ld.so.conf.d", "alternatives", "mime.types", "hosts", "timezone"):
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
+    size = ["--size", str(int(tmp_size))] if tmp_size and _bwrap_sizes_tmpfs() else []
+    args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/tmp", *size,
+             "--tmpfs", "/dev/shm"]
     return args
 
 
@@ -137,14 +152,31 @@ def _python_paths(hidden: list[Path]) -> list[str]:
     return [str(k) for k in keep]
 
 
+def kdlib_path_entry() -> str:
+    """The folder to put first on the kernel's ``PYTHONPATH`` so that it imports the grader's
+    own ``kdlib`` (and not another checkout an editable install or a ``.pth`` file points
+    to); "" when kdlib sits in a site-packages folder the kernel searches anyway."""
+    import importlib.util
+    import site
+
+    spec = importlib.util.find_spec("kdlib")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    parent = Path(list(spec.submodule_search_locations)[0]).resolve().parent
+    site_dirs = {Path(p).resolve() for p in site.getsitepackages()}
+    return "" if parent in site_dirs else str(parent)
+
+
 def sandbox_command(kernel_cmd: list[str], workdir: Path, ipc_dir: Path,
-                    hidden: list[Path], env: dict[str, str]) -> list[str]:
+                    hidden: list[Path], env: dict[str, str],
+                    tmp_size: int | None = None) -> list[str]:
     """``kernel_cmd`` wrapped in bubblewrap: ``workdir`` (read-write, the working folder) and
-    ``ipc_dir`` (the kernel's sockets and connection file) are the only writable folders."""
+    ``ipc_dir`` (the kernel's sockets and connection file) are the only writable folders;
+    ``/tmp`` and ``/dev/shm`` hold at most ``tmp_size`` bytes each (they live in memory)."""
     path, reason = bwrap_status()
     if path is None:
         raise RuntimeError(reason)
-    args = [path, *_namespace_args(), *_system_binds()]
+    args = [path, *_namespace_args(), *_system_binds(tmp_size)]
     for folder in _python_paths(hidden):
         args += ["--ro-bind", folder, folder]
     args += ["--bind", str(workdir), str(workdir), "--bind", str(ipc_dir), str(ipc_dir),
@@ -153,6 +185,9 @@ def sandbox_command(kernel_cmd: list[str], workdir: Path, ipc_dir: Path,
                                                   "/usr/local/bin", "/usr/bin", "/bin"]),
              "--setenv", "HOME", "/tmp", "--setenv", "PYTHONSAFEPATH", "1",
              "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
+    entry = kdlib_path_entry()
+    if entry:  # the grader's kdlib first (bound read-only by _python_paths)
+        args += ["--setenv", "PYTHONPATH", entry]
     for name in KEPT_ENV:
         if name in env:
             args += ["--setenv", name, env[name]]
@@ -178,6 +213,7 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     hidden: list[Path] = []
     ipc_dir: Path | None = None
+    tmp_size: int | None = None  # bytes of /tmp and /dev/shm in the sandbox
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -192,165 +228,11 @@ class SandboxedKernelManager(AsyncKernelManager):
         env = kw.get("env") or os.environ
         log = open(self.ipc_dir / "kernel.log", "ab")  # noqa: SIM115 - the kernel's lifetime
         kw.update(stdout=log, stderr=log)
-        return sandbox_command(kernel_cmd, cwd, self.ipc_dir, self.hidden, env), kw
+        return (sandbox_command(kernel_cmd, cwd, self.ipc_dir, self.hidden, env, self.tmp_size),
+                kw)
 
 
 # --------------------------------------------------------------------------- the guard
-
-# Runs in the kernel before any student cell. Defines the guard object under a random name;
-# the grader calls its methods through ``user_expressions`` (evaluated without the input
-# transformers a student cell may have installed).
-_GUARD_SETUP = r'''
-def __kdlib_make_guard(wanted):
-    import builtins, importlib, linecache, sys, types
-    for name in wanted:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass
-    ip = get_ipython()
-    SIMPLE = (types.FunctionType, types.BuiltinFunctionType, types.ModuleType, type,
-              types.MethodType, types.MethodWrapperType, types.WrapperDescriptorType,
-              types.MethodDescriptorType, types.ClassMethodDescriptorType)
-    watched = ["builtins", "math", "operator", "functools"]
-    watched += sorted(m for m in list(sys.modules) if m in wanted or any(
-        m.startswith(w + ".") for w in wanted if w == "kdlib"))
-    watched += [m for m in ("torch.nn.functional", "torch.testing", "numpy.testing")
-                if m in sys.modules]
-    watched = list(dict.fromkeys(m for m in watched if m in sys.modules))
-    def interesting(v):
-        return isinstance(v, SIMPLE) or callable(v)
-    def code_of(v):
-        return (getattr(v, "__code__", None), getattr(v, "__defaults__", None),
-                getattr(v, "__kwdefaults__", None)) if isinstance(v, types.FunctionType) else None
-    modules = {m: sys.modules[m] for m in watched}
-    # names IPython and ipykernel themselves swap in builtins around every execution
-    swapped = {"input", "raw_input", "get_ipython", "exit", "quit", "display", "help"}
-    snap = {m: {k: (v, code_of(v)) for k, v in list(vars(mod).items())
-                if interesting(v) and not (m == "builtins" and k in swapped)}
-            for m, mod in modules.items()}
-    classes = []
-    for mod, cls in (("torch", "Tensor"), ("torch.nn", "Module"), ("builtins", "object")):
-        c = getattr(sys.modules.get(mod), cls, None)
-        if isinstance(c, type):
-            classes.append((c, dict(vars(c))))
-    shell_classes = [(c, dict(vars(c))) for c in type(ip).__mro__ if c is not object]
-    shell_dict = dict(vars(ip))
-    itm = ip.input_transformer_manager
-    state = {"itm": itm, "cleanup": list(itm.cleanup_transforms),
-             "line": list(itm.line_transforms), "token": list(itm.token_transformers),
-             "post": list(ip.input_transformers_post), "ast": list(ip.ast_transformers),
-             "events": {k: list(v) for k, v in ip.events.callbacks.items()},
-             "custom": (ip.custom_exceptions, ip.CustomTB)}
-    locked = {}
-    before = {}
-
-    def restore():
-        done = []
-        for m, mod in modules.items():
-            if sys.modules.get(m) is not mod:
-                sys.modules[m] = mod
-                done.append("sys.modules[%r]" % m)
-            d = vars(mod)
-            for k, (v, code) in snap[m].items():
-                cur = d.get(k, restore)
-                if cur is not v:
-                    d[k] = v
-                    done.append("%s.%s" % (m, k))
-                elif code is not None and code_of(v) != code:
-                    v.__code__, v.__defaults__, v.__kwdefaults__ = code
-                    done.append("%s.%s.__code__" % (m, k))
-        for c, saved in classes + shell_classes:
-            now = vars(c)
-            for k in [k for k in now if k not in saved and callable(now[k])]:
-                try:
-                    delattr(c, k)
-                    done.append("%s.%s" % (c.__name__, k))
-                except (TypeError, AttributeError):
-                    pass
-            for k, v in saved.items():
-                if now.get(k, restore) is not v and (callable(v) or isinstance(
-                        v, (staticmethod, classmethod, property))):
-                    try:
-                        setattr(c, k, v)
-                        done.append("%s.%s" % (c.__name__, k))
-                    except (TypeError, AttributeError):
-                        pass
-        d = vars(ip)
-        for k in list(d):  # instance attributes hiding the shell's methods
-            if k != "CustomTB" and callable(getattr(type(ip), k, None)) and callable(d[k]):
-                if k in shell_dict:
-                    if d[k] is not shell_dict[k]:
-                        d[k] = shell_dict[k]
-                        done.append("shell.%s" % k)
-                else:
-                    del d[k]
-                    done.append("shell.%s" % k)
-        if ip.input_transformer_manager is not state["itm"]:
-            ip.input_transformer_manager = state["itm"]
-            done.append("input_transformer_manager")
-        for attr, key in (("cleanup_transforms", "cleanup"), ("line_transforms", "line"),
-                          ("token_transformers", "token")):
-            if list(getattr(itm, attr)) != state[key]:
-                setattr(itm, attr, list(state[key]))
-                done.append("input transformers (%s)" % attr)
-        if list(ip.input_transformers_post) != state["post"]:
-            ip.input_transformers_post = list(state["post"])
-            done.append("input_transformers_post")
-        if list(ip.ast_transformers) != state["ast"]:
-            ip.ast_transformers = list(state["ast"])
-            done.append("ast_transformers")
-        for k, v in state["events"].items():
-            if ip.events.callbacks.get(k) != v:
-                ip.events.callbacks[k] = list(v)
-                done.append("events.%s" % k)
-        if (ip.custom_exceptions, ip.CustomTB) != state["custom"]:
-            ip.custom_exceptions, ip.CustomTB = state["custom"]
-            done.append("custom exception handler")
-        if sys.gettrace() is not None or sys.getprofile() is not None:
-            sys.settrace(None)
-            sys.setprofile(None)
-            done.append("sys.settrace/setprofile")
-        ns = ip.user_ns
-        if ns.get("__builtins__") is not builtins:
-            ns["__builtins__"] = builtins
-            done.append("__builtins__")
-        for k, v in locked.items():
-            if ns.get(k, restore) is not v:
-                ns[k] = v
-                done.append("%s (bound by a locked cell)" % k)
-        before.clear()
-        before.update({k: id(v) for k, v in ns.items()})
-        return done
-
-    def record(hidden):
-        ns = ip.user_ns
-        for k, v in list(ns.items()):
-            if k.startswith("_") or id(v) == before.get(k):
-                continue
-            if isinstance(v, (types.FunctionType, types.BuiltinFunctionType,
-                              types.ModuleType, type)):
-                locked[k] = v
-        if hidden:  # the locked cell's source leaves the kernel's history
-            hm = ip.history_manager
-            for hist in (hm.input_hist_parsed, hm.input_hist_raw):
-                for i, text in enumerate(hist):
-                    if hidden in text:
-                        hist[i] = ""
-            for k in [k for k, v in ns.items() if k.startswith("_i") and isinstance(v, str)
-                      and hidden in v]:
-                ns[k] = ""
-            for k, entry in list(linecache.cache.items()):
-                if len(entry) > 2 and any(hidden in line for line in entry[2] or ()):
-                    del linecache.cache[k]
-            sys.last_type = sys.last_value = sys.last_traceback = None
-            if hasattr(sys, "last_exc"):
-                sys.last_exc = None
-        return []
-
-    return types.SimpleNamespace(restore=restore, record=record)
-'''
-
 
 def modules_mentioned(sources: list[str]) -> list[str]:
     """The guarded libraries a notebook's cells mention (imported before its first cell)."""
@@ -418,8 +300,7 @@ class GuardedExecute(_Execute):
     async def async_start_new_kernel_client(self):
         kc = await super().async_start_new_kernel_client()
         sources = [c.source for c in self.nb.cells if c.cell_type == "code"]
-        setup = (_GUARD_SETUP + f"\n{self._guard} = __kdlib_make_guard("
-                 f"{modules_mentioned(sources)!r})\ndel __kdlib_make_guard\n")
+        setup = guard_setup_code(self._guard, modules_mentioned(sources))
         msg_id = kc.execute(setup, silent=True, store_history=False)
         reply = await self.async_wait_for_reply(msg_id)
         if reply is None or reply["content"].get("status") != "ok":
@@ -512,15 +393,34 @@ def _patch_targets(tree) -> list[str]:
     return found
 
 
-def _bound_names(tree, imports: bool = True) -> set[str]:
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp,
+           ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _bound_names(tree, imports: bool = True, assignments: bool = True) -> set[str]:
+    """Names a cell binds in the notebook's namespace: its top-level imports (when
+    ``imports``), functions, classes and assignments (when ``assignments``), and the names it
+    declares ``global``; not the local names of the functions and classes it defines (a
+    method's ``__init__``)."""
     names = set()
-    for node in ast.walk(tree):
+
+    def visit(node):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)) and imports:
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name != "*"}
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
+        elif (isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del))
+              and assignments):
             names.add(node.id)
+        if not isinstance(node, _SCOPES):
+            for child in ast.iter_child_nodes(node):
+                visit(child)
+
+    visit(tree)
+    if assignments:
+        for node in ast.walk(tree):  # `global x` inside a function rebinds the notebook's x
+            if isinstance(node, ast.Global):
+                names.update(node.names)
     return names
 
 
@@ -532,10 +432,13 @@ def _parse(source: str):
         return None
 
 
-def scan_cells(nb) -> list[str]:
+def scan_cells(nb, released=()) -> list[str]:
     """Reasons to look at a submission by hand, one per student cell that does something a
     notebook answer has no need to (see ``_REACH``), or that rebinds a name a locked cell bound
-    to a function, class or module (a checking function of the tests)."""
+    to a function, class or module (a checking function of the tests). A cell whose source is
+    that of a code cell of the release (``released``: the sources, stripped) is the course's
+    own code and is not scanned."""
+    released = {text.strip() for text in released}
     locked_names: set[str] = set()
     reasons = []
     for index, cell in enumerate(nb.cells, start=1):
@@ -545,12 +448,11 @@ def scan_cells(nb) -> list[str]:
         tree = _parse(source)
         name = _nbgrader_meta(cell).get("grade_id") or f"cell {index}"
         if is_locked(cell):
-            if tree is not None:
-                for node in ast.walk(tree):
-                    if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef,
-                                         ast.ClassDef)):
-                        locked_names |= _bound_names(node)
+            if tree is not None:  # what the guard rebinds: functions, classes, modules
+                locked_names |= _bound_names(tree, assignments=False)
             continue
+        if source.strip() in released:
+            continue  # the course's own code, as released
         why = [w for pattern, w in _REACH.items() if re.search(pattern, source, re.M)]
         if tree is not None:
             patched = _patch_targets(tree)
