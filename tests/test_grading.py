@@ -40,6 +40,8 @@ pytest.importorskip("nbgrader")
 from nbgrader.api import Gradebook  # noqa: E402
 
 from kdlib.course import grade as grading  # noqa: E402
+from kdlib.course.autograde import TIMEOUT_ENAME  # noqa: E402
+from kdlib.course.coursedir import ensure_alembic_on_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "grading"
@@ -119,7 +121,7 @@ def release_course(root: Path) -> None:
     release`` does for the real course), with a throwaway gradebook."""
     from nbgrader.apps import NbGraderAPI
 
-    grading._ensure_alembic_on_path()
+    ensure_alembic_on_path()
     cfg = grading.load_course_config(root)
     cfg.CourseDirectory.root = str(root)
     cfg.CourseDirectory.db_url = f"sqlite:///{root / 'release.db'}"
@@ -325,7 +327,7 @@ def test_infinite_loop_is_cut_and_the_class_still_graded(graded):
     assert len(cut) == 1 and "test_square" in cut[0]["detail"]
     ag = nbformat.read(graded["out"] / "autograded" / "eve" / A1 / f"{A1}.ipynb", as_version=4)
     assert [o.ename for o in cell_by_id(ag, "test_square").outputs
-            if o.output_type == "error"][-1] == grading.TIMEOUT_ENAME
+            if o.output_type == "error"][-1] == TIMEOUT_ENAME
     # a loop that ignores the interrupt: nbgrader gives up on the notebook and kills the
     # kernel; the student keeps a row, scored 0, and is reported for a manual look
     assert float(row(graded, "eve", A2)["score"]) == 0

@@ -75,16 +75,18 @@ def _check_sqlite(url) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GradebookError(f"cannot create the gradebook's folder {folder}: "
-                             f"{exc.strerror or exc}") from None
+        raise GradebookError(
+            f"cannot create the gradebook's folder {folder}: {exc.strerror or exc}"
+        ) from None
     if path.is_dir():
         raise GradebookError(f"the SQLite gradebook {path} is a folder, not a file")
     target = path if path.exists() else folder
     # SQLite also writes a journal beside the file: the folder must be writable too
     for place in {target, folder}:
         if not os.access(place, os.W_OK):
-            raise GradebookError(f"cannot write the SQLite gradebook at {path}: "
-                                 f"{place} is not writable")
+            raise GradebookError(
+                f"cannot write the SQLite gradebook at {path}: {place} is not writable"
+            )
 
 
 def _check_server(url) -> None:
@@ -107,10 +109,13 @@ def _check_server(url) -> None:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise GradebookError(f"cannot reach the gradebook ({name}): "
-                             f"{reason[0] if reason else type(exc).__name__}") from None
+        raise GradebookError(
+            f"cannot reach the gradebook ({name}): {reason[0] if reason else type(exc).__name__}"
+        ) from None
     except ModuleNotFoundError as exc:
-        raise GradebookError(f"no driver for --db {url.drivername}:// ({exc}); install the "
-                             "course extra: python -m pip install 'kdlib[course]'") from None
+        raise GradebookError(
+            f"no driver for --db {url.drivername}:// ({exc}); install the "
+            "course extra: python -m pip install 'kdlib[course]'"
+        ) from None
     finally:
         engine.dispose()

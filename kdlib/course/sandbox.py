@@ -52,9 +52,21 @@ HIDDEN_NOTICE = "# (hidden tests: not shown in the feedback; their result counts
 OFF_SWITCH = "KDLIB_GRADE_SANDBOX"  # =off: grade without bubblewrap (and say so)
 
 # environment variables the kernel keeps (everything else is cleared: no tokens, no paths)
-KEPT_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS", "KDLIB_THREADS", "KDLIB_CPUS", "KDLIB_FAST", "KDLIB_DATA",
-            "NBGRADER_EXECUTION", "MPLBACKEND")
+KEPT_ENV = (
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "KDLIB_THREADS",
+    "KDLIB_CPUS",
+    "KDLIB_FAST",
+    "KDLIB_DATA",
+    "NBGRADER_EXECUTION",
+    "MPLBACKEND",
+)
 
 
 # --------------------------------------------------------------------------- bubblewrap
@@ -69,8 +81,9 @@ def bwrap_status() -> tuple[str | None, str]:
         return None, f"bubblewrap is Linux-only (this is {sys.platform})"
     path = shutil.which("bwrap")
     if path is None:
-        return None, ("bubblewrap (bwrap) is not installed (Debian/Ubuntu: "
-                      "apt-get install bubblewrap)")
+        return None, (
+            "bubblewrap (bwrap) is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+        )
     probe = [path, *_namespace_args(), *_system_binds(), "--", "/bin/true"]
     try:
         done = subprocess.run(probe, capture_output=True, text=True, timeout=30)
@@ -94,8 +107,17 @@ def _bwrap_sizes_tmpfs() -> bool:
 
 
 def _namespace_args() -> list[str]:
-    return ["--unshare-user-try", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-            "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--cap-drop", "ALL"]
+    return [
+        "--unshare-user-try",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--cap-drop",
+        "ALL",
+    ]
 
 
 def _system_binds(tmp_size: int | None = None) -> list[str]:
@@ -107,12 +129,33 @@ def _system_binds(tmp_size: int | None = None) -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
-    for name in ("passwd", "group", "nsswitch.conf", "localtime", "ld.so.cache", "ld.so.conf",
-                 "ld.so.conf.d", "alternatives", "mime.types", "hosts", "timezone"):
+    for name in (
+        "passwd",
+        "group",
+        "nsswitch.conf",
+        "localtime",
+        "ld.so.cache",
+        "ld.so.conf",
+        "ld.so.conf.d",
+        "alternatives",
+        "mime.types",
+        "hosts",
+        "timezone",
+    ):
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     size = ["--size", str(int(tmp_size))] if tmp_size and _bwrap_sizes_tmpfs() else []
-    args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/tmp", *size,
-             "--tmpfs", "/dev/shm"]
+    args += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        *size,
+        "--tmpfs",
+        "/tmp",
+        *size,
+        "--tmpfs",
+        "/dev/shm",
+    ]
     return args
 
 
@@ -127,8 +170,12 @@ def _python_paths(hidden: list[Path]) -> list[str]:
     import tempfile
 
     hidden = [*hidden, Path(tempfile.gettempdir())]
-    wanted = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
-              Path(sys.base_exec_prefix)]
+    wanted = [
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(sys.exec_prefix),
+        Path(sys.base_exec_prefix),
+    ]
     wanted += [Path(p) for p in site.getsitepackages()]
     if site.ENABLE_USER_SITE and site.getusersitepackages():
         wanted.append(Path(site.getusersitepackages()))
@@ -167,9 +214,14 @@ def kdlib_path_entry() -> str:
     return "" if parent in site_dirs else str(parent)
 
 
-def sandbox_command(kernel_cmd: list[str], workdir: Path, ipc_dir: Path,
-                    hidden: list[Path], env: dict[str, str],
-                    tmp_size: int | None = None) -> list[str]:
+def sandbox_command(
+    kernel_cmd: list[str],
+    workdir: Path,
+    ipc_dir: Path,
+    hidden: list[Path],
+    env: dict[str, str],
+    tmp_size: int | None = None,
+) -> list[str]:
     """``kernel_cmd`` wrapped in bubblewrap: ``workdir`` (read-write, the working folder) and
     ``ipc_dir`` (the kernel's sockets and connection file) are the only writable folders;
     ``/tmp`` and ``/dev/shm`` hold at most ``tmp_size`` bytes each (they live in memory)."""
@@ -179,12 +231,29 @@ def sandbox_command(kernel_cmd: list[str], workdir: Path, ipc_dir: Path,
     args = [path, *_namespace_args(), *_system_binds(tmp_size)]
     for folder in _python_paths(hidden):
         args += ["--ro-bind", folder, folder]
-    args += ["--bind", str(workdir), str(workdir), "--bind", str(ipc_dir), str(ipc_dir),
-             "--chdir", str(workdir), "--clearenv",
-             "--setenv", "PATH", os.pathsep.join([str(Path(sys.executable).parent),
-                                                  "/usr/local/bin", "/usr/bin", "/bin"]),
-             "--setenv", "HOME", "/tmp", "--setenv", "PYTHONSAFEPATH", "1",
-             "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
+    args += [
+        "--bind",
+        str(workdir),
+        str(workdir),
+        "--bind",
+        str(ipc_dir),
+        str(ipc_dir),
+        "--chdir",
+        str(workdir),
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "--setenv",
+        "HOME",
+        "/tmp",
+        "--setenv",
+        "PYTHONSAFEPATH",
+        "1",
+        "--setenv",
+        "PYTHONDONTWRITEBYTECODE",
+        "1",
+    ]
     entry = kdlib_path_entry()
     if entry:  # the grader's kdlib first (bound read-only by _python_paths)
         args += ["--setenv", "PYTHONPATH", entry]
@@ -193,9 +262,14 @@ def sandbox_command(kernel_cmd: list[str], workdir: Path, ipc_dir: Path,
             args += ["--setenv", name, env[name]]
     # SIGINT ignored for bubblewrap's own processes (an interrupt is sent to the kernel's
     # process group: it must stop the cell, not end the sandbox); the kernel sets its handler
-    ignore_int = [sys.executable, "-S", "-E", "-c",
-                  "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-                  "os.execv(sys.argv[1], sys.argv[1:])"]
+    ignore_int = [
+        sys.executable,
+        "-S",
+        "-E",
+        "-c",
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "os.execv(sys.argv[1], sys.argv[1:])",
+    ]
     return [*ignore_int, *args, "--", *kernel_cmd]
 
 
@@ -228,11 +302,11 @@ class SandboxedKernelManager(AsyncKernelManager):
         env = kw.get("env") or os.environ
         log = open(self.ipc_dir / "kernel.log", "ab")  # noqa: SIM115 - the kernel's lifetime
         kw.update(stdout=log, stderr=log)
-        return (sandbox_command(kernel_cmd, cwd, self.ipc_dir, self.hidden, env, self.tmp_size),
-                kw)
+        return (sandbox_command(kernel_cmd, cwd, self.ipc_dir, self.hidden, env, self.tmp_size), kw)
 
 
 # --------------------------------------------------------------------------- the guard
+
 
 def modules_mentioned(sources: list[str]) -> list[str]:
     """The guarded libraries a notebook's cells mention (imported before its first cell)."""
@@ -284,8 +358,9 @@ class GuardedExecute(_Execute):
         None when it failed."""
         import ast as _ast
 
-        msg_id = self.kc.execute("", silent=True, store_history=False,
-                                 user_expressions={"r": expression})
+        msg_id = self.kc.execute(
+            "", silent=True, store_history=False, user_expressions={"r": expression}
+        )
         reply = await self.async_wait_for_reply(msg_id)
         if reply is None:
             return None
@@ -307,8 +382,7 @@ class GuardedExecute(_Execute):
             GuardedExecute.tampering.append("setup: the guard could not be installed")
         return kc
 
-    async def async_execute_cell(self, cell, cell_index, execution_count=None,
-                                 store_history=True):
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
         locked = cell.cell_type == "code" and is_locked(cell) and cell.source.strip()
         name = _nbgrader_meta(cell).get("grade_id") or f"cell {cell_index + 1}"
         if locked:
@@ -316,8 +390,9 @@ class GuardedExecute(_Execute):
             if done is None:
                 GuardedExecute.tampering.append(f"{name}: the guard was removed or broken")
             elif done:
-                GuardedExecute.tampering.append(f"{name}: put back {', '.join(done[:12])}"
-                                                + (" ..." if len(done) > 12 else ""))
+                GuardedExecute.tampering.append(
+                    f"{name}: put back {', '.join(done[:12])}" + (" ..." if len(done) > 12 else "")
+                )
         cell = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
         if locked:
             hidden = HIDDEN_BEGIN if HIDDEN_BEGIN in cell.source else ""
@@ -334,19 +409,38 @@ class GuardedExecute(_Execute):
 
 # --------------------------------------------------------------------------- static scan
 
-_PATCHED_ROOTS = {"builtins", "__builtins__", "torch", "np", "numpy", "IPython", "sys", "math",
-                  "kdlib", "F", "nn", "get_ipython", "operator", "functools", "types"}
+_PATCHED_ROOTS = {
+    "builtins",
+    "__builtins__",
+    "torch",
+    "np",
+    "numpy",
+    "IPython",
+    "sys",
+    "math",
+    "kdlib",
+    "F",
+    "nn",
+    "get_ipython",
+    "operator",
+    "functools",
+    "types",
+}
 _REACH = {  # pattern -> why
-    r"\binput_transformers\w*|\bast_transformers\b|\binput_transformer_manager\b":
-        "installs IPython input/AST transformers",
+    r"\binput_transformers\w*|\bast_transformers\b|\binput_transformer_manager\b": (
+        "installs IPython input/AST transformers"
+    ),
     r"\bset_custom_exc\b|\bCustomTB\b|\bshowtraceback\b": "replaces IPython's exception handling",
     r"\bevents\.register\b|\bregister_magic\w*\b": "hooks into IPython's events or magics",
-    r"\bsys\.(settrace|setprofile|modules|_getframe|meta_path|path_hooks)\b":
-        "reaches into the interpreter (sys)",
-    r"\b(gc\.get_objects|gc\.get_referrers|ctypes|__code__|__globals__|f_locals|f_globals)\b":
-        "reaches into the interpreter (frames, code objects, memory)",
-    r"\b_ih\b|\b_i\d+\b|\bIn\s*\[|\blinecache\b|\bhistory_manager\b":
-        "reads the kernel's input history",
+    r"\bsys\.(settrace|setprofile|modules|_getframe|meta_path|path_hooks)\b": (
+        "reaches into the interpreter (sys)"
+    ),
+    r"\b(gc\.get_objects|gc\.get_referrers|ctypes|__code__|__globals__|f_locals|f_globals)\b": (
+        "reaches into the interpreter (frames, code objects, memory)"
+    ),
+    r"\b_ih\b|\b_i\d+\b|\bIn\s*\[|\blinecache\b|\bhistory_manager\b": (
+        "reads the kernel's input history"
+    ),
     r"\bsubprocess\b|\bos\.(system|popen|fork|exec\w*|spawn\w*|kill|setsid|killpg)\b|"
     r"^\s*[!%]": "starts processes or shell commands",
     r"\bsocket\b|\burllib\b|\brequests\b|\bhttp\.client\b": "uses the network",
@@ -382,9 +476,13 @@ def _patch_targets(tree) -> list[str]:
         for t in targets:
             if isinstance(t, (ast.Attribute, ast.Subscript)) and root(t) in _PATCHED_ROOTS:
                 found.append(ast.unparse(t)[:60])
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in ("setattr", "delattr") and node.args
-                and root(node.args[0]) in _PATCHED_ROOTS | {None}):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("setattr", "delattr")
+            and node.args
+            and root(node.args[0]) in _PATCHED_ROOTS | {None}
+        ):
             found.append(ast.unparse(node)[:60])
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
@@ -393,8 +491,16 @@ def _patch_targets(tree) -> list[str]:
     return found
 
 
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp,
-           ast.SetComp, ast.DictComp, ast.GeneratorExp)
+_SCOPES = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.Lambda,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
 
 
 def _bound_names(tree, imports: bool = True, assignments: bool = True) -> set[str]:
@@ -409,8 +515,11 @@ def _bound_names(tree, imports: bool = True, assignments: bool = True) -> set[st
             names.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)) and imports:
             names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
-        elif (isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del))
-              and assignments):
+        elif (
+            isinstance(node, ast.Name)
+            and isinstance(node.ctx, (ast.Store, ast.Del))
+            and assignments
+        ):
             names.add(node.id)
         if not isinstance(node, _SCOPES):
             for child in ast.iter_child_nodes(node):
@@ -473,14 +582,58 @@ def scan_cells(nb, released=()) -> list[str]:
 
 # --------------------------------------------------------------------------- feedback
 
-_SAFE_TAGS = {"a", "abbr", "b", "blockquote", "br", "code", "del", "details", "div", "em",
-              "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "kbd", "li", "ol", "p",
-              "pre", "s", "span", "strong", "sub", "summary", "sup", "table", "tbody", "td",
-              "th", "thead", "tr", "u", "ul"}
-_SAFE_ATTRS = {"a": ["href", "title"], "img": ["src", "alt", "title", "width", "height"],
-               "td": ["align"], "th": ["align"], "span": ["class"], "div": ["class"]}
-_BAD_SCHEME = re.compile(r"(?i)(j\W*a\W*v\W*a\W*s\W*c\W*r\W*i\W*p\W*t|v\W*b\W*s\W*c\W*r\W*i\W*p\W*t"
-                         r"|d\W*a\W*t\W*a)\s*:")
+_SAFE_TAGS = {
+    "a",
+    "abbr",
+    "b",
+    "blockquote",
+    "br",
+    "code",
+    "del",
+    "details",
+    "div",
+    "em",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "i",
+    "img",
+    "kbd",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "s",
+    "span",
+    "strong",
+    "sub",
+    "summary",
+    "sup",
+    "table",
+    "tbody",
+    "td",
+    "th",
+    "thead",
+    "tr",
+    "u",
+    "ul",
+}
+_SAFE_ATTRS = {
+    "a": ["href", "title"],
+    "img": ["src", "alt", "title", "width", "height"],
+    "td": ["align"],
+    "th": ["align"],
+    "span": ["class"],
+    "div": ["class"],
+}
+_BAD_SCHEME = re.compile(
+    r"(?i)(j\W*a\W*v\W*a\W*s\W*c\W*r\W*i\W*p\W*t|v\W*b\W*s\W*c\W*r\W*i\W*p\W*t"
+    r"|d\W*a\W*t\W*a)\s*:"
+)
 
 
 def clean_markdown(source: str) -> str:
@@ -490,8 +643,14 @@ def clean_markdown(source: str) -> str:
 
     text = html.unescape(source) if "&" in source else source
     text = _BAD_SCHEME.sub("blocked:", text)
-    text = bleach.clean(text, tags=_SAFE_TAGS, attributes=_SAFE_ATTRS,
-                        protocols=["http", "https", "mailto"], strip=True, strip_comments=True)
+    text = bleach.clean(
+        text,
+        tags=_SAFE_TAGS,
+        attributes=_SAFE_ATTRS,
+        protocols=["http", "https", "mailto"],
+        strip=True,
+        strip_comments=True,
+    )
     return _BAD_SCHEME.sub("blocked:", text)
 
 
