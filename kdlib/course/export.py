@@ -32,6 +32,7 @@ class Report:
     issues: list[Issue]
     rows: list[dict[str, str]]  # the rows of grades.csv
     sandbox: str = ""  # why the kernels ran without bubblewrap ("" when they ran in it)
+    canary: str = ""  # what the canary found, or "skipped (--skip-canary)"
 
     @property
     def exit_code(self) -> int:
@@ -145,4 +146,5 @@ def write_reports(run: GradingRun, course_id: str, selected: list[str]) -> Repor
         issues,
         rows,
         run.sandbox,
+        run.canary,
     )

@@ -60,6 +60,7 @@ from kdlib.course.autograde import (
     save_log,
     template_gradebook,
 )
+from kdlib.course.canary import CanaryFailed, run_canary
 from kdlib.course.coursedir import (
     CONFIG_FILE,
     DEFAULT_OUT,
@@ -80,6 +81,8 @@ from kdlib.course.submissions import (
     scan_submissions,
 )
 
+DEFAULT_MEMORY_LIMIT = 4 << 30  # bytes of data per submission (RLIMIT_DATA)
+DEFAULT_FILE_LIMIT = 1 << 30  # bytes per file written, and of the sandbox's /tmp
 _REGEX_SPECIAL = set("()[]{}?*+|^$\\")  # nbgrader puts folder names into regexes unescaped
 
 
@@ -105,6 +108,7 @@ class GradingRun:
     jobs: int = 1  # submissions autograded at once, each in its own process and kernel
     memory_limit: int | None = None  # bytes of data per submission's processes (None: none)
     file_limit: int | None = None  # bytes per file written, and of its /tmp (None: none)
+    canary: str = ""  # what the canary found ("skipped ..." when --skip-canary)
     sandbox: str = ""  # why the kernels run without bubblewrap ("" when they run in it)
     issues: list[Issue] = field(default_factory=list)
     graded: list[tuple[str, str]] = field(default_factory=list)
@@ -125,6 +129,9 @@ def grade(
     csv_path: str | Path | None = None,
     feedback: bool = True,
     jobs: int = 1,
+    memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    file_limit: int | None = DEFAULT_FILE_LIMIT,
+    canary: bool = True,
     echo=print,
 ) -> Report:
     """Grade a folder of submissions; see the module docstring. Raises GradingError on usage
@@ -135,30 +142,41 @@ def grade(
         submissions, assignments, course_dir, out, db_url, timeout, csv_path, feedback, echo
     )
     run.jobs = jobs
+    run.memory_limit, run.file_limit = memory_limit or None, file_limit or None
     ensure_alembic_on_path()
     _announce_sandbox(run)
     subs, selected = _find_submissions(run)
     with tempfile.TemporaryDirectory(prefix="kdlib-grade-") as work:
         release_dir = os.path.join(work, "release")
         api = _nbgrader_api(run, release_dir)
-        todo = []
+        course_id = api.coursedir.course_id
+        prepared = {}  # assignment -> (template gradebook, checksums)
         for name in selected:
-            mine = [s for s in subs if s.assignment == name]
-            checksums = _register_assignment(run, api, name, release_dir, len(mine))
-            if checksums is None:
-                continue
+            n_subs = sum(s.assignment == name for s in subs)
             try:
                 template = template_gradebook(run, api, name, Path(work))
+                checksums = _assignment_checksums(run, name, release_dir, template, course_id)
             except Exception as exc:  # noqa: BLE001 - reported, the other assignments go on
                 run.issues.append(
                     Issue(
                         name,
                         "",
                         "assignment-failed",
-                        f"{run.source_dir / name}: {exc}; its {len(mine)} "
+                        f"{run.source_dir / name}: {exc}; its {n_subs} "
                         "submission(s) were not graded",
                     )
                 )
+                continue
+            prepared[name] = (template, checksums)
+        if canary and prepared:  # before anything reaches the course's gradebook
+            run.canary = run_canary(run, api, prepared, Path(release_dir), Path(work))
+        elif prepared:
+            run.canary = "skipped (--skip-canary)"
+            run.echo("canary: SKIPPED (--skip-canary): the grading environment is not checked")
+        todo = []
+        for name, (template, checksums) in prepared.items():
+            mine = [s for s in subs if s.assignment == name]
+            if not _register_assignment(run, api, name, len(mine)):
                 continue
             for sub in mine:
                 job = guarded(
@@ -329,13 +347,10 @@ def _nbgrader_api(run: GradingRun, release_dir: str):
     return NbGraderAPI(config=run.cfg)
 
 
-def _register_assignment(run: GradingRun, api, name: str, release_dir: str, n_subs: int):
-    """Record assignment ``name`` in the gradebook from the source folder (locked cells,
-    hidden tests). Returns ``(release_sums, source_sums)``: per notebook, the checksums of its
-    locked cells in the release and in the gradebook; ``None`` when nbgrader failed (reported,
-    and its ``n_subs`` submissions are not graded)."""
-    from nbgrader.api import Gradebook
-
+def _register_assignment(run: GradingRun, api, name: str, n_subs: int) -> bool:
+    """Record assignment ``name`` in the course's gradebook from the source folder (locked
+    cells, hidden tests). False when nbgrader failed (reported, and its ``n_subs`` submissions
+    are not graded)."""
     run.echo(f"{name}: registering the assignment from {run.source_dir / name}")
     result = api.generate_assignment(name, force=True, create=True)
     save_log(run.logs_dir / name / "_generate_assignment.log", result)
@@ -350,9 +365,17 @@ def _register_assignment(run: GradingRun, api, name: str, release_dir: str, n_su
                 "were not graded",
             )
         )
-        return None
+    return bool(result["success"])
+
+
+def _assignment_checksums(run: GradingRun, name: str, release_dir: str, template: Path, course_id):
+    """``(release_sums, source_sums, released)`` of assignment ``name``: per notebook, the
+    checksums of its locked cells in the release and in the gradebook (its ``template``), and
+    the sources of the release's code cells (never flagged: the course's own code)."""
+    from nbgrader.api import Gradebook
+
     release_sums, source_sums, released = {}, {}, {}
-    with Gradebook(run.db_url, api.coursedir.course_id) as gb:
+    with Gradebook("sqlite:///" + str(template), course_id) as gb:
         for nb_name in run.known[name]:
             rel = read_notebook(Path(release_dir) / name / f"{nb_name}.ipynb")
             release_sums[nb_name] = locked_checksums(rel)
@@ -446,6 +469,27 @@ def add_arguments(parser: argparse.ArgumentParser, path=("grade",)) -> None:
     parser.add_argument(
         "--no-feedback", action="store_true", help="skip generating the feedback HTML"
     )
+    parser.add_argument(
+        "--memory-limit",
+        default="4G",
+        metavar="SIZE",
+        help="memory (data) each submission's kernel may allocate, e.g. 4G, 512M; past it the "
+        "allocation fails, the submission is reported (resource-limit) and scored 0 pending a "
+        "manual grade; 0: no limit (default: 4G)",
+    )
+    parser.add_argument(
+        "--file-limit",
+        default="1G",
+        metavar="SIZE",
+        help="largest file a submission may write, and the size of its /tmp (default: 1G; "
+        "0: no limit)",
+    )
+    parser.add_argument(
+        "--skip-canary",
+        action="store_true",
+        help="do not grade the solution and the untouched release of each assignment first "
+        "(the canary: full marks and 0 expected, no flags, or nothing is graded)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -467,7 +511,13 @@ def main(args: argparse.Namespace) -> int:
             csv_path=args.csv,
             feedback=not args.no_feedback,
             jobs=args.jobs,
+            memory_limit=parse_size(args.memory_limit, "--memory-limit"),
+            file_limit=parse_size(args.file_limit, "--file-limit"),
+            canary=not args.skip_canary,
         )
+    except CanaryFailed as exc:
+        print(f"kdlib grade: {exc}", file=sys.stderr)
+        return 3
     except GradingError as exc:
         print(f"kdlib grade: {exc}", file=sys.stderr)
         return 2
@@ -479,6 +529,12 @@ def main(args: argparse.Namespace) -> int:
             f"kdlib grade: warning: the students' code ran WITHOUT a sandbox ({report.sandbox})",
             file=sys.stderr,
         )
+    if report.canary.startswith("skipped"):
+        print(
+            "kdlib grade: warning: the canary was skipped (--skip-canary): the grading "
+            "environment was not checked on the course's own notebooks",
+            file=sys.stderr,
+        )
     n_bad = sum(issue.bad for issue in report.issues)
     print(
         f"graded {len(report.graded)} submission(s) of {', '.join(report.assignments) or '-'}; "
@@ -488,6 +544,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"issues:   {report.issues_path}")
     print(f"feedback: {report.out / 'feedback'}")
     print(f"gradebook: {report.db_url}")
+    print(f"canary:   {report.canary or '-'}")
     return report.exit_code
 
 
