@@ -2,6 +2,7 @@
 
     kdlib course run [--fast] [--device auto|cpu|cuda|mps] [--only 03,04] [--jobs N]
     kdlib grade [ASSIGNMENT ...] --submissions DIR [--db URL] [--out DIR]
+    kdlib gradebook export --db URL    grades.csv, issues.csv, feedback from a gradebook
     kdlib release [ASSIGNMENT ...]      regenerate notebooks/ from solutions/ with nbgrader
     kdlib data download NAME [--root data]
     kdlib device                        which device kdlib would use here
@@ -75,6 +76,10 @@ class _DeviceCommand:
 _ALL_COMMANDS = {
     ("course", "run"): ("kdlib.course.run", "execute the course notebooks headless and report"),
     ("grade",): ("kdlib.course.grade", "autograde a folder of submissions: grades and feedback"),
+    ("gradebook", "export"): (
+        "kdlib.course.export",
+        "write grades.csv, issues.csv and the feedback from a gradebook (after --shard)",
+    ),
     ("release",): ("kdlib.course.release", "regenerate notebooks/ from solutions/ with nbgrader"),
     ("data", "download"): (_DataCommand, "download a torchvision dataset into data/"),
     ("device",): (_DeviceCommand, "print the device kdlib picks on this machine"),

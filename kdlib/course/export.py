@@ -1,6 +1,11 @@
 """What ``kdlib grade`` writes from the gradebook: ``grades.csv`` (one row per student and
 assignment, then the points of every graded cell) and ``issues.csv``; cells a spreadsheet would
 run as a formula are neutralised.
+
+Also the command ``kdlib gradebook export --db URL [--out DIR] [ASSIGNMENT ...]``: after a class
+was graded in shards (``kdlib grade --shard K/N`` on several machines, one PostgreSQL
+gradebook), it writes ``grades.csv``, ``issues.csv`` and every feedback page from the gradebook
+alone. grades.csv is the one a single ``kdlib grade`` would have written.
 """
 
 from __future__ import annotations
@@ -148,3 +153,104 @@ def write_reports(run: GradingRun, course_id: str, selected: list[str]) -> Repor
         run.sandbox,
         run.canary,
     )
+
+
+# --------------------------------------------------------------------------- kdlib gradebook export
+
+
+def export_all(
+    db_url: str,
+    course_dir: Path,
+    out: Path,
+    assignments: list[str] | None = None,
+    csv_path: Path | None = None,
+) -> tuple[Path, Path, int]:
+    """Write ``grades.csv``, ``issues.csv`` and the feedback pages of ``assignments`` (default:
+    every assignment of the course) from the gradebook at ``db_url`` into ``out``. Returns the
+    two CSV paths and the number of feedback pages."""
+    from kdlib.course.coursedir import config_value, load_course_config, source_assignments
+    from kdlib.course.gradebook import load_shards
+
+    cfg = load_course_config(course_dir)
+    source_dir = course_dir / config_value(cfg, "CourseDirectory", "source_directory", "source")
+    course_id = config_value(cfg, "CourseDirectory", "course_id", "")
+    names = list(assignments or source_assignments(source_dir))
+    columns, rows = export_grades(db_url, course_id, names, source_dir)
+    csv_path = csv_path or out / "grades.csv"
+    write_csv(csv_path, columns, rows)
+    issues, pages = load_shards(db_url)
+    issues = [i for i in issues if not assignments or i[0] in names or not i[0]]
+    write_csv(
+        out / "issues.csv",
+        ["assignment", "student", "issue", "detail"],
+        [dict(zip(("assignment", "student", "issue", "detail"), i, strict=True)) for i in issues],
+    )
+    written = 0
+    for (assignment, student, notebook), html in sorted(pages.items()):
+        if assignment not in names:
+            continue
+        page = out / "feedback" / student / assignment / f"{notebook}.html"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(html, encoding="utf-8")
+        written += 1
+    return csv_path, out / "issues.csv", written
+
+
+def add_arguments(parser, path=("gradebook", "export")) -> None:
+    """Flags of ``kdlib gradebook export``."""
+    parser.add_argument(
+        "assignments",
+        nargs="*",
+        metavar="ASSIGNMENT",
+        help="assignments to export (default: every assignment of the course)",
+    )
+    parser.add_argument(
+        "--db",
+        required=True,
+        metavar="URL",
+        help="the gradebook the shards wrote, e.g. postgresql://grader@host/course",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where grades.csv, issues.csv and feedback/ go (default: grading/ "
+        "in the course folder)",
+    )
+    parser.add_argument(
+        "--course-dir",
+        default=None,
+        metavar="DIR",
+        help="the course folder (default: the first folder at or above the "
+        "current one with nbgrader_config.py)",
+    )
+    parser.add_argument(
+        "--csv",
+        default=None,
+        metavar="FILE",
+        help="where to write the grades (default: <out>/grades.csv)",
+    )
+
+
+def main(args) -> int:
+    """Run ``kdlib gradebook export``; returns the exit status."""
+    import sys
+
+    from kdlib.course.coursedir import DEFAULT_OUT, GradingError, find_course_dir
+    from kdlib.course.gradebook import GradebookError, check_database, resolve_db_url
+
+    try:
+        course = Path(args.course_dir).resolve() if args.course_dir else find_course_dir()
+        out = Path(args.out).resolve() if args.out else course / DEFAULT_OUT
+        db_url = resolve_db_url(args.db, out)
+        check_database(db_url)
+        grades, issues, pages = export_all(
+            db_url, course, out, args.assignments, Path(args.csv).resolve() if args.csv else None
+        )
+    except (GradingError, GradebookError) as exc:
+        print(f"kdlib gradebook export: {exc}", file=sys.stderr)
+        return 2
+    print(f"grades:   {grades}")
+    print(f"issues:   {issues}")
+    print(f"feedback: {out / 'feedback'} ({pages} page(s))")
+    return 0

@@ -72,7 +72,15 @@ from kdlib.course.coursedir import (
     source_assignments,
 )
 from kdlib.course.export import Report, write_reports
-from kdlib.course.gradebook import GradebookError, check_database, resolve_db_url
+from kdlib.course.gradebook import (
+    GradebookError,
+    check_database,
+    parse_shard,
+    registration_lock,
+    resolve_db_url,
+    shard_of,
+    store_shard,
+)
 from kdlib.course.submissions import (
     Issue,
     Submission,
@@ -109,6 +117,7 @@ class GradingRun:
     memory_limit: int | None = None  # bytes of data per submission's processes (None: none)
     file_limit: int | None = None  # bytes per file written, and of its /tmp (None: none)
     canary: str = ""  # what the canary found ("skipped ..." when --skip-canary)
+    shard: tuple[int, int] | None = None  # (K, N): grade only the students of shard K
     sandbox: str = ""  # why the kernels run without bubblewrap ("" when they run in it)
     issues: list[Issue] = field(default_factory=list)
     graded: list[tuple[str, str]] = field(default_factory=list)
@@ -132,6 +141,7 @@ def grade(
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
     file_limit: int | None = DEFAULT_FILE_LIMIT,
     canary: bool = True,
+    shard: tuple[int, int] | None = None,
     echo=print,
 ) -> Report:
     """Grade a folder of submissions; see the module docstring. Raises GradingError on usage
@@ -143,9 +153,23 @@ def grade(
     )
     run.jobs = jobs
     run.memory_limit, run.file_limit = memory_limit or None, file_limit or None
+    if shard is not None:
+        if resolve_db_url(run.db_url, run.out).startswith("sqlite"):
+            raise GradingError(
+                "--shard: the shards need one gradebook they all reach: --db "
+                "postgresql://USER@HOST/DB"
+            )
+        run.shard = shard
     ensure_alembic_on_path()
     _announce_sandbox(run)
     subs, selected = _find_submissions(run)
+    if run.shard is not None:
+        k, n = run.shard
+        subs = [s for s in subs if shard_of(s.student, n) == k]
+        run.issues = [i for i in run.issues if shard_of(i.student, n) == k]
+        run.echo(
+            f"shard {k}/{n}: {len(subs)} submission(s), {len({s.student for s in subs})} student(s)"
+        )
     with tempfile.TemporaryDirectory(prefix="kdlib-grade-") as work:
         release_dir = os.path.join(work, "release")
         api = _nbgrader_api(run, release_dir)
@@ -173,11 +197,16 @@ def grade(
         elif prepared:
             run.canary = "skipped (--skip-canary)"
             run.echo("canary: SKIPPED (--skip-canary): the grading environment is not checked")
+        with registration_lock(run.db_url):  # shards register one at a time
+            registered = [
+                name
+                for name in prepared
+                if _register_assignment(run, api, name, sum(s.assignment == name for s in subs))
+            ]
         todo = []
-        for name, (template, checksums) in prepared.items():
+        for name in registered:
+            template, checksums = prepared[name]
             mine = [s for s in subs if s.assignment == name]
-            if not _register_assignment(run, api, name, len(mine)):
-                continue
             for sub in mine:
                 job = guarded(
                     run,
@@ -192,7 +221,21 @@ def grade(
                 if job is not None:
                     todo.append(job)
         autograde_all(run, api, todo)
+    if run.shard is not None:
+        _store_shard(run)
     return write_reports(run, api.coursedir.course_id, selected)
+
+
+def _store_shard(run: GradingRun) -> None:
+    """A shard's issues and feedback pages into the shared gradebook (for ``kdlib gradebook
+    export``)."""
+    k, n = run.shard
+    issues = sorted({i for i in run.issues if shard_of(i.student, n) == k})
+    pages = {}
+    for assignment, student in run.graded:
+        for page in sorted((run.out / "feedback" / student / assignment).glob("*.html")):
+            pages[(assignment, student, page.stem)] = page.read_text("utf-8")
+    store_shard(run.db_url, f"{k}/{n}", issues, pages)
 
 
 def _announce_sandbox(run: GradingRun) -> None:
@@ -485,6 +528,14 @@ def add_arguments(parser: argparse.ArgumentParser, path=("grade",)) -> None:
         "0: no limit)",
     )
     parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="grade only the students of shard K of N (0 <= K < N; each student on one shard, "
+        "the same on every machine), into the --db PostgreSQL gradebook the shards share; "
+        "then `kdlib gradebook export` writes grades.csv, issues.csv and the feedback",
+    )
+    parser.add_argument(
         "--skip-canary",
         action="store_true",
         help="do not grade the solution and the untouched release of each assignment first "
@@ -514,11 +565,12 @@ def main(args: argparse.Namespace) -> int:
             memory_limit=parse_size(args.memory_limit, "--memory-limit"),
             file_limit=parse_size(args.file_limit, "--file-limit"),
             canary=not args.skip_canary,
+            shard=parse_shard(args.shard) if args.shard else None,
         )
     except CanaryFailed as exc:
         print(f"kdlib grade: {exc}", file=sys.stderr)
         return 3
-    except GradingError as exc:
+    except (GradingError, GradebookError) as exc:
         print(f"kdlib grade: {exc}", file=sys.stderr)
         return 2
     for issue in report.issues:
