@@ -22,7 +22,7 @@ import re
 import shutil
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,6 +54,7 @@ class Job:
     missing: dict  # notebook name -> grade_ids of the locked cells it deleted
     root: Path
     n_cells: int
+    released: dict = field(default_factory=dict)  # notebook -> sources of its release's cells
 
     @property
     def db_url(self) -> str:
@@ -158,7 +159,7 @@ def prepare_submission(
                 )
             )
     shutil.copyfile(template, root / "gradebook.db")
-    return Job(sub, notebooks, missing, root, n_cells)
+    return Job(sub, notebooks, missing, root, n_cells, checksums[2])
 
 
 def _check_timestamp(run: GradingRun, sub: Submission, scratch: Path) -> None:
@@ -335,6 +336,9 @@ def _child_autograde(run: GradingRun, job: Job) -> None:
         ipc.mkdir(mode=0o700)
         GuardedExecute.sandboxed = not run.sandbox
         GuardedExecute.tampering = []
+        GuardedExecute.skipped = []
+        GuardedExecute.released = set().union(*job.released.values()) if job.released else set()
+        GuardedExecute.skip_unneeded = run.skip_unneeded
         SandboxedKernelManager.ipc_dir = ipc
         SandboxedKernelManager.tmp_size = run.file_limit
         SandboxedKernelManager.hidden = [run.course, run.out, run.sub_root, job.root]
@@ -343,6 +347,7 @@ def _child_autograde(run: GradingRun, job: Job) -> None:
         api = NbGraderAPI(config=cfg)
         result = dict(api.autograde(job.sub.assignment, job.sub.student, force=True, create=True))
         result["tampering"] = list(GuardedExecute.tampering)
+        result["skipped"] = list(GuardedExecute.skipped)
     except BaseException as exc:  # noqa: BLE001 - reported by the parent
         result["error"] = (result.get("error") or "") + f"\n{type(exc).__name__}: {exc}"
     finally:

@@ -118,6 +118,7 @@ class GradingRun:
     file_limit: int | None = None  # bytes per file written, and of its /tmp (None: none)
     canary: str = ""  # what the canary found ("skipped ..." when --skip-canary)
     shard: tuple[int, int] | None = None  # (K, N): grade only the students of shard K
+    skip_unneeded: bool = True  # leave out the cells no answer or test depends on
     sandbox: str = ""  # why the kernels run without bubblewrap ("" when they run in it)
     issues: list[Issue] = field(default_factory=list)
     graded: list[tuple[str, str]] = field(default_factory=list)
@@ -142,6 +143,7 @@ def grade(
     file_limit: int | None = DEFAULT_FILE_LIMIT,
     canary: bool = True,
     shard: tuple[int, int] | None = None,
+    run_all_cells: bool = False,
     echo=print,
 ) -> Report:
     """Grade a folder of submissions; see the module docstring. Raises GradingError on usage
@@ -153,6 +155,7 @@ def grade(
     )
     run.jobs = jobs
     run.memory_limit, run.file_limit = memory_limit or None, file_limit or None
+    run.skip_unneeded = not run_all_cells
     if shard is not None:
         if resolve_db_url(run.db_url, run.out).startswith("sqlite"):
             raise GradingError(
@@ -536,6 +539,13 @@ def add_arguments(parser: argparse.ArgumentParser, path=("grade",)) -> None:
         "then `kdlib gradebook export` writes grades.csv, issues.csv and the feedback",
     )
     parser.add_argument(
+        "--run-all-cells",
+        action="store_true",
+        help="run every cell of each notebook, experiments included (default: leave out the "
+        "course's cells that no answer or graded test depends on, e.g. the experiments after "
+        "the last exercise)",
+    )
+    parser.add_argument(
         "--skip-canary",
         action="store_true",
         help="do not grade the solution and the untouched release of each assignment first "
@@ -565,6 +575,7 @@ def main(args: argparse.Namespace) -> int:
             memory_limit=parse_size(args.memory_limit, "--memory-limit"),
             file_limit=parse_size(args.file_limit, "--file-limit"),
             canary=not args.skip_canary,
+            run_all_cells=args.run_all_cells,
             shard=parse_shard(args.shard) if args.shard else None,
         )
     except CanaryFailed as exc:

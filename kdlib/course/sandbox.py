@@ -344,6 +344,9 @@ class GuardedExecute(_Execute):
 
     sandboxed = False  # set by the grader's child process
     tampering: list[str] = []  # what the guard put back, "cell: what" (read by the grader)
+    released: set[str] = set()  # sources of the release's code cells (set by the child)
+    skip_unneeded = True  # leave out the cells no answer or test depends on (kdlib.course.needed)
+    skipped: list[int] = []  # how many cells each notebook left out (read by the grader)
 
     def __init__(self, *args, **kwargs):
         if self.sandboxed:
@@ -352,6 +355,13 @@ class GuardedExecute(_Execute):
         self._guard = "_kdlib_guard_" + secrets.token_hex(8)
         if self.timeout and self.iopub_timeout < self.timeout:
             self.iopub_timeout = int(self.timeout)
+
+    def preprocess(self, nb, resources=None, *args, **kwargs):
+        from kdlib.course.needed import cells_to_skip
+
+        self._skip = cells_to_skip(nb.cells, self.released) if self.skip_unneeded else set()
+        GuardedExecute.skipped.append(len(self._skip))
+        return super().preprocess(nb, resources, *args, **kwargs)
 
     async def _guard_call(self, expression: str):
         """Evaluate ``expression`` in the kernel through ``user_expressions``; its value, or
@@ -383,6 +393,14 @@ class GuardedExecute(_Execute):
         return kc
 
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        if cell_index in getattr(self, "_skip", ()):
+            from nbformat.v4 import new_output
+
+            from kdlib.course.needed import SKIPPED_NOTE
+
+            cell.outputs = [new_output("stream", name="stdout", text=SKIPPED_NOTE)]
+            cell.execution_count = None
+            return cell
         locked = cell.cell_type == "code" and is_locked(cell) and cell.source.strip()
         name = _nbgrader_meta(cell).get("grade_id") or f"cell {cell_index + 1}"
         if locked:
