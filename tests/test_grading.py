@@ -495,3 +495,31 @@ def test_real_course_assignments_solution_full_release_zero(tmp_path):
         assert cells and all(float(release[k]) == 0 for k in cells)
     kinds = {i["issue"] for i in read_csv(out / "issues.csv")}
     assert not kinds & {"locked-cell-modified", "cell-timeout", "autograde-failed"}, kinds
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_the_courses_own_code_raises_no_issue_on_any_notebook(tmp_path):
+    """Every released assignment, the solution graded as one student's submission and the
+    untouched release as another's: full marks and 0, and not one row in issues.csv (the
+    course's own code, and what kdlib and the libraries do by themselves, are never flagged).
+    The canary expects the same of each assignment; it is skipped here, having nothing to add
+    to these two submissions."""
+    names = released_course_assignments()
+    if not names:
+        pytest.skip("no course assignment is released in notebooks/ yet")
+    subs = tmp_path / "subs"
+    for name in names:
+        for student, folder in (("ada", "solutions"), ("bob", "notebooks")):
+            shutil.copytree(REPO / folder / name, subs / student / name,
+                            ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    out = tmp_path / "out"
+    run = kdlib_grade(*names, "--submissions", subs, "--out", out, "--course-dir", REPO,
+                      "--jobs", 2, "--no-feedback", "--skip-canary", cwd=tmp_path,
+                      in_process=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert read_csv(out / "issues.csv") == []
+    rows = {(r["student"], r["assignment"]): r for r in read_csv(out / "grades.csv")}
+    for name in names:
+        assert float(rows[("ada", name)]["score"]) == float(rows[("ada", name)]["max_score"])
+        assert float(rows[("bob", name)]["score"]) == 0

@@ -24,9 +24,8 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from kdlib.course.coursedir import GradingError, config_value
+from kdlib.course.coursedir import GradingError, GradingRun, config_value
 from kdlib.course.export import fmt_score
 from kdlib.course.submissions import (
     Issue,
@@ -35,10 +34,6 @@ from kdlib.course.submissions import (
     drop_duplicate_ids,
     import_submission,
 )
-
-if TYPE_CHECKING:
-    from kdlib.course.grade import GradingRun
-
 
 TIMEOUT_ENAME = "CellTimeoutError"  # the error nbgrader's Execute writes into a cut cell
 

@@ -20,15 +20,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kdlib.course.autograde import autograde_all, guarded, prepare_submission
-from kdlib.course.coursedir import GradingError
+from kdlib.course.coursedir import GradingError, GradingRun
 from kdlib.course.export import fmt_score
 from kdlib.course.submissions import Submission
-
-if TYPE_CHECKING:
-    from kdlib.course.grade import GradingRun
 
 SOLUTION, RELEASE = "kdlib-canary-solution", "kdlib-canary-release"
 RELEASE_SCORE = 0.0  # what the untouched release scores

@@ -1,7 +1,9 @@
 """The course folder as nbgrader sees it: where it is, its ``nbgrader_config.py``, its
 assignments (the folders of ``solutions/``), and the ``alembic`` command nbgrader needs.
 
-Used by ``kdlib grade`` (:mod:`kdlib.course.grade`) and ``kdlib release``.
+Used by ``kdlib grade`` (:mod:`kdlib.course.grade`) and ``kdlib release``; also holds
+:class:`GradingRun`, the settings and findings of one ``kdlib grade`` run, which the grading
+modules pass along.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CONFIG_FILE = "nbgrader_config.py"
@@ -70,3 +74,37 @@ def ensure_alembic_on_path() -> None:
         scripts = Path(sys.executable).parent
         if (scripts / "alembic").exists() or (scripts / "alembic.exe").exists():
             os.environ["PATH"] = str(scripts) + os.pathsep + os.environ.get("PATH", "")
+
+
+@dataclass
+class GradingRun:
+    """Everything one ``grade`` run needs once its arguments are checked."""
+
+    course: Path
+    cfg: object  # the course's nbgrader Config, with this run's overrides merged in
+    source_dir: Path
+    known: dict[str, list[str]]  # assignment -> its notebooks, from the source folder
+    named: list[str]  # assignments named on the command line
+    sub_root: Path
+    out: Path
+    submitted: Path
+    in_place: bool  # grading <out>/submitted itself
+    db_url: str
+    csv_path: Path
+    issues_path: Path
+    timeout: int | None
+    feedback: bool
+    echo: Callable
+    jobs: int = 1  # submissions autograded at once, each in its own process and kernel
+    memory_limit: int | None = None  # bytes of data per submission's processes (None: none)
+    file_limit: int | None = None  # bytes per file written, and of its /tmp (None: none)
+    canary: str = ""  # what the canary found ("skipped ..." when --skip-canary)
+    shard: tuple[int, int] | None = None  # (K, N): grade only the students of shard K
+    skip_unneeded: bool = True  # leave out the cells no answer or test depends on
+    sandbox: str = ""  # why the kernels run without bubblewrap ("" when they run in it)
+    issues: list = field(default_factory=list)  # Issue (kdlib.course.submissions)
+    graded: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.out / "logs"

@@ -13,13 +13,9 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from kdlib.course.coursedir import GradingRun
 from kdlib.course.submissions import Issue, read_notebook
-
-if TYPE_CHECKING:
-    from kdlib.course.grade import GradingRun
-
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs such a cell as a formula
 
@@ -168,7 +164,11 @@ def export_all(
     """Write ``grades.csv``, ``issues.csv`` and the feedback pages of ``assignments`` (default:
     every assignment of the course) from the gradebook at ``db_url`` into ``out``. Returns the
     two CSV paths and the number of feedback pages."""
-    from kdlib.course.coursedir import config_value, load_course_config, source_assignments
+    from kdlib.course.coursedir import (
+        config_value,
+        load_course_config,
+        source_assignments,
+    )
     from kdlib.course.gradebook import load_shards
 
     cfg = load_course_config(course_dir)

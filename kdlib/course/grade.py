@@ -48,8 +48,6 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdlib.course.autograde import (
@@ -65,6 +63,7 @@ from kdlib.course.coursedir import (
     CONFIG_FILE,
     DEFAULT_OUT,
     GradingError,
+    GradingRun,
     config_value,
     ensure_alembic_on_path,
     find_course_dir,
@@ -92,40 +91,6 @@ from kdlib.course.submissions import (
 DEFAULT_MEMORY_LIMIT = 4 << 30  # bytes of data per submission (RLIMIT_DATA)
 DEFAULT_FILE_LIMIT = 1 << 30  # bytes per file written, and of the sandbox's /tmp
 _REGEX_SPECIAL = set("()[]{}?*+|^$\\")  # nbgrader puts folder names into regexes unescaped
-
-
-@dataclass
-class GradingRun:
-    """Everything one ``grade`` run needs once its arguments are checked."""
-
-    course: Path
-    cfg: object  # the course's nbgrader Config, with this run's overrides merged in
-    source_dir: Path
-    known: dict[str, list[str]]  # assignment -> its notebooks, from the source folder
-    named: list[str]  # assignments named on the command line
-    sub_root: Path
-    out: Path
-    submitted: Path
-    in_place: bool  # grading <out>/submitted itself
-    db_url: str
-    csv_path: Path
-    issues_path: Path
-    timeout: int | None
-    feedback: bool
-    echo: Callable
-    jobs: int = 1  # submissions autograded at once, each in its own process and kernel
-    memory_limit: int | None = None  # bytes of data per submission's processes (None: none)
-    file_limit: int | None = None  # bytes per file written, and of its /tmp (None: none)
-    canary: str = ""  # what the canary found ("skipped ..." when --skip-canary)
-    shard: tuple[int, int] | None = None  # (K, N): grade only the students of shard K
-    skip_unneeded: bool = True  # leave out the cells no answer or test depends on
-    sandbox: str = ""  # why the kernels run without bubblewrap ("" when they run in it)
-    issues: list[Issue] = field(default_factory=list)
-    graded: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.out / "logs"
 
 
 def grade(
