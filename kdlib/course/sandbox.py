@@ -12,17 +12,20 @@ Used by :mod:`kdlib.course.grade` for every submission:
   kernel over ZeroMQ's ``ipc`` transport (Unix sockets in a folder bound into the sandbox), so
   the kernel needs no network. When the kernel's sandbox ends, the kernel and every process it
   started end with it (the PID namespace's first process exits).
-- :class:`GuardedExecute` is nbgrader's ``Execute`` preprocessor plus a guard in the kernel:
-  before any student cell runs it records the functions of ``builtins``, ``math``, ``torch``,
-  ``numpy``, ``kdlib`` (those the notebook mentions, imported up front) and the IPython shell's
-  input transformers, exception handlers and methods; before every locked cell it puts back
-  whatever a student cell changed among them, and rebinds the names a locked cell bound to a
-  function, class or module (``from kdlib.losses import kd_loss``) if a student cell rebound
-  them. After a locked cell holding hidden tests it removes that cell's source from the kernel's
-  history. What it had to put back is reported (``tests-tampered``).
+- :class:`GuardedExecute` is nbgrader's ``Execute`` preprocessor plus the guard of
+  :mod:`kdlib.course.guard`, whose source it runs in the kernel before the first cell: before
+  every locked cell the guard puts back what the student's cells changed among the functions
+  of ``builtins``, ``torch``, ``numpy``, ``kdlib`` and the IPython shell, and rebinds the names
+  a locked cell bound (``from kdlib.losses import kd_loss``); after a locked cell holding hidden
+  tests it removes that cell's source from the kernel's history. What it had to put back is
+  reported (``tests-tampered``). It leaves out the cells no grade depends on
+  (:mod:`kdlib.course.needed`), and sandboxes the kernel when :attr:`GuardedExecute.sandboxed`.
+  The kernel imports the grader's own kdlib (:func:`kdlib_path_entry`); ``/tmp`` and
+  ``/dev/shm`` are capped to the file limit.
 - :func:`scan_cells` reads the student's cells (without running them) and names those that
   patch builtins, torch, numpy, kdlib or IPython, reach into the interpreter, start processes or
-  touch files outside their folder (``manual-review``).
+  touch files outside their folder (``manual-review``); cells identical to a cell of the
+  release are the course's own code and are not scanned.
 - :class:`FeedbackSafety` is a feedback preprocessor: hidden tests replaced by a notice (and
   their text removed from every output), markdown cleaned of scripts, frames, event handlers and
   ``javascript:`` links.
