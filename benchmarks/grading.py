@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def _grade(subs: Path, out: Path, names: list[str], jobs: int, **options) -> dic
             **options,
         )
         seconds = time.perf_counter() - start
-    load = sampler.mean()
+    load = sampler.mean
     return {
         "seconds": seconds,
         "load": load,
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's SQLAlchemy noise
     record = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),

@@ -2,25 +2,32 @@
 
     kdlib grade [ASSIGNMENT ...] --submissions DIR [--db URL] [--out DIR] [--jobs N]
                 [--course-dir DIR] [--timeout SECONDS] [--csv FILE] [--no-feedback]
+                [--memory-limit SIZE] [--file-limit SIZE] [--shard K/N] [--skip-canary]
+                [--run-all-cells]
 
 The work is done by nbgrader (0.9), through its Python API, with the course's
-``nbgrader_config.py``; this module only adds what an instructor otherwise does by hand:
+``nbgrader_config.py``; this module runs the steps an instructor otherwise does by hand, each
+in a module of its own:
 
-1. **Register** each assignment in the gradebook from the course's *source* folder
-   (``solutions/``): ``generate_assignment`` into a temporary folder, so the committed release
-   (``notebooks/``) is never touched. The gradebook then holds every locked cell and every
-   hidden test, which autograding restores.
-2. **Import** the submissions found in ``--submissions`` (either layout below) into
-   ``<out>/submitted/<student>/<assignment>/<notebook>.ipynb``, after checking that each
-   notebook is a readable notebook. A bad file is reported by name and skipped; the rest of the
-   class is graded.
-3. **Autograde** each submission (``nbgrader autograde``: locked cells overwritten from the
-   gradebook, hidden tests restored, every cell run with a per-cell timeout), then **generate
-   feedback** HTML into ``<out>/feedback/<student>/<assignment>/``.
-4. **Export** ``<out>/grades.csv`` (one row per student and assignment: student, assignment,
-   score, max_score, then the points of every graded cell) and ``<out>/issues.csv`` (everything
-   reported: unreadable notebooks, unknown assignments, modified locked cells, cells cut at the
-   timeout, failed autogrades).
+1. **Find** the submissions in ``--submissions`` (either layout below;
+   :mod:`kdlib.course.submissions`); with ``--shard K/N`` keep the students of shard K.
+2. **Prepare** each assignment from the course's *source* folder (``solutions/``):
+   ``generate_assignment`` into a temporary folder and gradebook (the committed release,
+   ``notebooks/``, is never touched), the checksums of its locked cells and the sources of its
+   released cells.
+3. **The canary** (:mod:`kdlib.course.canary`): the solution and the untouched release of each
+   assignment graded first, in the same settings; grading stops there if either differs from
+   what it should score (``--skip-canary`` to go on without it).
+4. **Register** each assignment in the course's gradebook (one shard at a time), **import**
+   each submission into ``<out>/submitted/<student>/<assignment>/<notebook>.ipynb`` after
+   checking it, and **autograde** it (:mod:`kdlib.course.autograde`: its own process, kernel
+   and sandbox, memory and file limits; locked cells overwritten from the gradebook, hidden
+   tests restored, the cells no grade depends on left out, every other cell run with a per-cell
+   timeout), then **generate feedback** HTML into ``<out>/feedback/<student>/<assignment>/``.
+5. **Export** (:mod:`kdlib.course.export`) ``<out>/grades.csv`` (one row per student and
+   assignment: student, assignment, score, max_score, then the points of every graded cell)
+   and ``<out>/issues.csv`` (everything reported). A shard also stores its issues and feedback
+   pages in the gradebook, for ``kdlib gradebook export``.
 
 Submission layouts (both may be mixed in one folder):
 
@@ -37,7 +44,7 @@ Re-running is safe: nbgrader updates the gradebook in place (one submission per 
 assignment), manual grades entered in the formgrader are kept, and the CSV files come out the
 same. Exit status: 0 every submission found was graded; 1 something was reported as bad input
 or could not be graded (the rest was graded; see issues.csv); 2 usage error (no course, unknown
-ASSIGNMENT named, no submissions folder).
+ASSIGNMENT named, no submissions folder); 3 the canary failed (nothing was graded).
 """
 
 from __future__ import annotations
