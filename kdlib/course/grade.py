@@ -430,7 +430,7 @@ def add_arguments(parser: argparse.ArgumentParser, path=("grade",)) -> None:
         "folder), autograde them with nbgrader, write per-student feedback HTML, and export "
         "<out>/grades.csv and <out>/issues.csv. Bad files are reported by name and the rest of "
         "the class is graded. Exit status: 0 all graded, 1 something reported as bad input or "
-        "not graded (see issues.csv), 2 usage error."
+        "not graded (see issues.csv), 2 usage error, 3 the canary failed (nothing graded)."
     )
     parser.add_argument(
         "assignments",
