@@ -48,8 +48,17 @@ def bare_course(tmp_path_factory) -> Path:
 
 
 def _grade_with_db(course: Path, db: str):
-    return kdlib_grade(A1, "--submissions", course / "subs", "--out", course / "out",
-                       "--db", db, cwd=course, in_process=True)
+    return kdlib_grade(
+        A1,
+        "--submissions",
+        course / "subs",
+        "--out",
+        course / "out",
+        "--db",
+        db,
+        cwd=course,
+        in_process=True,
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,8 +113,10 @@ def postgres():
     pytest.importorskip("psycopg", reason="the psycopg driver (course extra) is not installed")
     bindir = _postgres_bin()
     if bindir is None or not (bindir / "pg_ctl").exists():
-        pytest.skip("PostgreSQL's server programs are not installed (Debian package "
-                    "'postgresql'; .ci/run installs it)")
+        pytest.skip(
+            "PostgreSQL's server programs are not installed (Debian package "
+            "'postgresql'; .ci/run installs it)"
+        )
     as_user: list[str] = []
     folder = Path(tempfile.mkdtemp(prefix="kdlib-pg-"))
     if os.geteuid() == 0:  # the server refuses to run as root: run it as 'postgres'
@@ -117,20 +128,39 @@ def postgres():
             pytest.skip("running as root and there is no 'postgres' user to start the server")
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = folder / "data", _free_port()
-    init = subprocess.run([*as_user, bindir / "initdb", "-D", data, "-U", "grader",
-                           "--auth=trust", "-E", "UTF8"], capture_output=True, text=True)
+    init = subprocess.run(
+        [*as_user, bindir / "initdb", "-D", data, "-U", "grader", "--auth=trust", "-E", "UTF8"],
+        capture_output=True,
+        text=True,
+    )
     assert init.returncode == 0, init.stderr
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    start = subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-o", options, "-l",
-                            folder / "log", "-w", "-t", "60", "start"],
-                           capture_output=True, text=True)
+    start = subprocess.run(
+        [
+            *as_user,
+            bindir / "pg_ctl",
+            "-D",
+            data,
+            "-o",
+            options,
+            "-l",
+            folder / "log",
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert start.returncode == 0, start.stdout + start.stderr + (folder / "log").read_text()
 
     import psycopg
 
     def database(name: str) -> str:
-        with psycopg.connect(host="127.0.0.1", port=port, user="grader", dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=port, user="grader", dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
             conn.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql://grader@127.0.0.1:{port}/{name}"
@@ -138,8 +168,10 @@ def postgres():
     try:
         yield database
     finally:
-        subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w",
-                        "stop"], capture_output=True)
+        subprocess.run(
+            [*as_user, bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -164,16 +196,35 @@ def small_class(tmp_path_factory) -> tuple[Path, Path]:
     for name in (A1, A2):
         put("ada", name, "solutions")
         put("bob", name, "notebooks")
-    put("cyd", A1, "notebooks", lambda nb: set_cell(nb, "add_answer",
-                                                    "def add(a, b):\n    return a + b"))
-    put("cyd", A2, "notebooks", lambda nb: set_cell(nb, "mean_answer",
-                                                    "def mean(xs):\n    return sum(xs) / len(xs)"))
+    put(
+        "cyd",
+        A1,
+        "notebooks",
+        lambda nb: set_cell(nb, "add_answer", "def add(a, b):\n    return a + b"),
+    )
+    put(
+        "cyd",
+        A2,
+        "notebooks",
+        lambda nb: set_cell(nb, "mean_answer", "def mean(xs):\n    return sum(xs) / len(xs)"),
+    )
     return course, subs
 
 
 def _grade(course: Path, subs: Path, out: Path, *extra) -> tuple[bytes, list[dict]]:
-    run = kdlib_grade(A1, A2, "--submissions", subs, "--out", out, "--timeout", TIMEOUT,
-                      *extra, cwd=course, in_process=True)
+    run = kdlib_grade(
+        A1,
+        A2,
+        "--submissions",
+        subs,
+        "--out",
+        out,
+        "--timeout",
+        TIMEOUT,
+        *extra,
+        cwd=course,
+        in_process=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     return (out / "grades.csv").read_bytes(), read_csv(out / "grades.csv")
 
@@ -181,7 +232,8 @@ def _grade(course: Path, subs: Path, out: Path, *extra) -> tuple[bytes, list[dic
 @pytest.mark.slow
 @pytest.mark.notebooks  # starts Jupyter kernels
 def test_postgresql_gradebook_matches_sqlite_reruns_in_place_and_in_parallel(
-        small_class, postgres, tmp_path):
+    small_class, postgres, tmp_path
+):
     from nbgrader.api import Gradebook
 
     from kdlib.course.gradebook import resolve_db_url
@@ -189,8 +241,14 @@ def test_postgresql_gradebook_matches_sqlite_reruns_in_place_and_in_parallel(
     course, subs = small_class
     sqlite_csv, rows = _grade(course, subs, tmp_path / "sqlite")
     scores = {(r["student"], r["assignment"]): float(r["score"]) for r in rows}
-    assert scores == {("ada", A1): 5, ("ada", A2): 3, ("bob", A1): 0, ("bob", A2): 0,
-                      ("cyd", A1): 2, ("cyd", A2): 2}
+    assert scores == {
+        ("ada", A1): 5,
+        ("ada", A2): 3,
+        ("bob", A1): 0,
+        ("bob", A2): 0,
+        ("cyd", A1): 2,
+        ("cyd", A2): 2,
+    }
 
     url = postgres("kd_course")
     t0 = time.perf_counter()
@@ -210,3 +268,93 @@ def test_postgresql_gradebook_matches_sqlite_reruns_in_place_and_in_parallel(
     parallel_csv, _ = _grade(course, subs, tmp_path / "pg-parallel", "--db", url, "--jobs", "2")
     assert parallel_csv == sqlite_csv
     print(f"two serial PostgreSQL runs took {serial_seconds:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks  # starts Jupyter kernels
+def test_three_shards_into_one_postgresql_gradebook_give_the_same_grades_csv(
+    small_class, postgres, tmp_path
+):
+    """``kdlib grade --shard K/3`` in three processes at once (each with its own --out, as on
+    three machines), then ``kdlib gradebook export``: grades.csv byte-identical to one process;
+    every feedback page there; rerunning a shard changes nothing."""
+    import sys
+
+    from kdlib.course.gradebook import shard_of
+
+    course, subs = small_class
+    timeout = str(10 * TIMEOUT)  # three graders at once on a shared machine: no cell cut short
+    single_csv, _ = _grade(course, subs, tmp_path / "single", "--skip-canary", "--timeout", timeout)
+    url = postgres("kd_course_shards")
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+
+    def shard(k: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kdlib",
+                "grade",
+                A1,
+                A2,
+                "--submissions",
+                str(subs),
+                "--out",
+                str(tmp_path / f"machine{k}"),
+                "--db",
+                url,
+                "--timeout",
+                timeout,
+                "--shard",
+                f"{k}/3",
+                "--skip-canary",
+            ],
+            cwd=course,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    shards = [shard(k) for k in range(3)]
+    outputs = [p.communicate(timeout=900)[0] for p in shards]
+    for k, (proc, output) in enumerate(zip(shards, outputs, strict=True)):
+        assert proc.returncode == 0, output
+        mine = sorted(s for s in ("ada", "bob", "cyd") if shard_of(s, 3) == k)
+        assert f"shard {k}/3: {2 * len(mine)} submission(s)" in output, output
+
+    def export(folder):
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kdlib",
+                "gradebook",
+                "export",
+                "--db",
+                url,
+                "--out",
+                str(folder),
+                "--course-dir",
+                str(course),
+            ],
+            cwd=course,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        return (folder / "grades.csv").read_bytes()
+
+    assert export(tmp_path / "export") == single_csv
+    pages = sorted(
+        p.relative_to(tmp_path / "export" / "feedback")
+        for p in (tmp_path / "export" / "feedback").rglob("*.html")
+    )
+    assert len(pages) == 6, pages
+    assert read_csv(tmp_path / "export" / "issues.csv") == []
+
+    again = shard(shard_of("ada", 3))  # a failed shard is simply run again
+    assert again.wait(timeout=900) == 0, again.communicate()[0]
+    assert export(tmp_path / "export-again") == single_csv

@@ -40,6 +40,8 @@ pytest.importorskip("nbgrader")
 from nbgrader.api import Gradebook  # noqa: E402
 
 from kdlib.course import grade as grading  # noqa: E402
+from kdlib.course.autograde import TIMEOUT_ENAME  # noqa: E402
+from kdlib.course.coursedir import ensure_alembic_on_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "grading"
@@ -62,8 +64,10 @@ EXPECTED = {
     ("fox", A2): (3, {"test_mean": 2, "test_argmax": 1}),
 }
 MAX = {A1: 5, A2: 3}
-XSS = ("from IPython.display import HTML, display\n"
-       "display(HTML('<b id=\"gus\">hi</b><script>alert(\"gus\")</script>'))")
+XSS = (
+    "from IPython.display import HTML, display\n"
+    'display(HTML(\'<b id="gus">hi</b><script>alert("gus")</script>\'))'
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -75,8 +79,14 @@ def kdlib_grade(*args, cwd: Path, in_process: bool = False) -> subprocess.Comple
     argv = ["grade", *map(str, args)]
     if not in_process:
         env = dict(os.environ, PYTHONWARNINGS="ignore")
-        return subprocess.run([sys.executable, "-m", "kdlib", *argv], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=900)
+        return subprocess.run(
+            [sys.executable, "-m", "kdlib", *argv],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     from kdlib.course.cli import main
 
     out, err, here = io.StringIO(), io.StringIO(), Path.cwd()
@@ -119,7 +129,7 @@ def release_course(root: Path) -> None:
     release`` does for the real course), with a throwaway gradebook."""
     from nbgrader.apps import NbGraderAPI
 
-    grading._ensure_alembic_on_path()
+    ensure_alembic_on_path()
     cfg = grading.load_course_config(root)
     cfg.CourseDirectory.root = str(root)
     cfg.CourseDirectory.db_url = f"sqlite:///{root / 'release.db'}"
@@ -167,8 +177,9 @@ def write_class(course: Path, folder: Path) -> None:
     nb = rel(A2)
     set_cell(nb, "mean_answer", "def mean(xs):\n    return sum(xs) / len(xs)")
     # right on the visible test, wrong on ties: only the hidden test catches it
-    set_cell(nb, "argmax_answer",
-             "def argmax(xs):\n    return len(xs) - 1 - xs[::-1].index(max(xs))")
+    set_cell(
+        nb, "argmax_answer", "def argmax(xs):\n    return len(xs) - 1 - xs[::-1].index(max(xs))"
+    )
     put("cyd", A2, nb)
 
     nb = rel(A1)  # add left unanswered, its test replaced by one that passes
@@ -182,8 +193,11 @@ def write_class(course: Path, folder: Path) -> None:
     set_cell(nb, "square_answer", "def square(x):\n    while True:\n        pass")
     put("eve", A1, nb)
     nb = rel(A2)  # a loop that a kernel interrupt cannot stop
-    set_cell(nb, "mean_answer",
-             "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass")
+    set_cell(
+        nb,
+        "mean_answer",
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass",
+    )
     put("eve", A2, nb)
 
     (folder / "fox" / A1).mkdir(parents=True)
@@ -213,9 +227,16 @@ def graded(course, tmp_path_factory):
     second = kdlib_grade(*args, cwd=course, in_process=True)
     after = tree_digest(course / "notebooks"), tree_digest(course / "solutions")
     return {
-        "course": course, "subs": subs, "out": out, "first": first, "second": second,
-        "first_csv": first_csv, "first_issues": first_issues, "repo_before": before,
-        "repo_after": after, "rows": read_csv(out / "grades.csv"),
+        "course": course,
+        "subs": subs,
+        "out": out,
+        "first": first,
+        "second": second,
+        "first_csv": first_csv,
+        "first_issues": first_issues,
+        "repo_before": before,
+        "repo_after": after,
+        "rows": read_csv(out / "grades.csv"),
         "issues": read_csv(out / "issues.csv"),
     }
 
@@ -227,8 +248,11 @@ def row(graded, student, assignment):
 
 
 def issues_of(graded, student, assignment, kind):
-    return [i for i in graded["issues"]
-            if (i["student"], i["assignment"], i["issue"]) == (student, assignment, kind)]
+    return [
+        i
+        for i in graded["issues"]
+        if (i["student"], i["assignment"], i["issue"]) == (student, assignment, kind)
+    ]
 
 
 # --------------------------------------------------------------------------- tests
@@ -251,8 +275,12 @@ def test_command_reports_bad_input_and_exits_1(graded):
 def test_csv_has_every_other_student_with_the_right_scores(graded):
     rows = graded["rows"]
     assert list(rows[0])[:4] == ["student", "assignment", "score", "max_score"]
-    assert list(rows[0])[4:] == [f"{A1}:test_add", f"{A1}:test_square",
-                                 f"{A2}:test_mean", f"{A2}:test_argmax"]
+    assert list(rows[0])[4:] == [
+        f"{A1}:test_add",
+        f"{A1}:test_square",
+        f"{A2}:test_mean",
+        f"{A2}:test_argmax",
+    ]
     assert {(r["student"], r["assignment"]) for r in rows} == set(EXPECTED)
     for (student, assignment), (score, cells) in EXPECTED.items():
         r = row(graded, student, assignment)
@@ -298,8 +326,11 @@ def test_edited_locked_test_cell_is_restored_and_flagged(graded):
     assert len(flagged) == 1 and "test_add" in flagged[0]["detail"]
     assert "test_square" not in flagged[0]["detail"]
     # ... and not for the students who left the tests alone (solution and release alike)
-    assert not [i for i in graded["issues"] if i["issue"] == "locked-cell-modified"
-                and i["student"] != "dee"]
+    assert not [
+        i
+        for i in graded["issues"]
+        if i["issue"] == "locked-cell-modified" and i["student"] != "dee"
+    ]
     # nbgrader restored the cell from the gradebook (hidden test included) before running it
     submitted = nbformat.read(graded["subs"] / "dee" / A1 / f"{A1}.ipynb", as_version=4)
     assert cell_by_id(submitted, "test_add").source == 'print("add: ok")'
@@ -308,8 +339,9 @@ def test_edited_locked_test_cell_is_restored_and_flagged(graded):
     with Gradebook(f"sqlite:///{graded['out'] / 'gradebook.db'}", "kd-course") as gb:
         assert restored.source == gb.find_source_cell("test_add", A1, A1).source
     assert "assert add(10, 5) == 15" in restored.source
-    assert any(o.output_type == "error" and o.ename == "NotImplementedError"
-               for o in restored.outputs)
+    assert any(
+        o.output_type == "error" and o.ename == "NotImplementedError" for o in restored.outputs
+    )
     # nbgrader's own record of it: the checksum warning in the autograde log
     log = (graded["out"] / "logs" / A1 / "dee.log").read_text()
     assert "Attribute 'checksum' for cell test_add has changed" in log
@@ -324,8 +356,9 @@ def test_infinite_loop_is_cut_and_the_class_still_graded(graded):
     cut = issues_of(graded, "eve", A1, "cell-timeout")
     assert len(cut) == 1 and "test_square" in cut[0]["detail"]
     ag = nbformat.read(graded["out"] / "autograded" / "eve" / A1 / f"{A1}.ipynb", as_version=4)
-    assert [o.ename for o in cell_by_id(ag, "test_square").outputs
-            if o.output_type == "error"][-1] == grading.TIMEOUT_ENAME
+    assert [o.ename for o in cell_by_id(ag, "test_square").outputs if o.output_type == "error"][
+        -1
+    ] == TIMEOUT_ENAME
     # a loop that ignores the interrupt: nbgrader gives up on the notebook and kills the
     # kernel; the student keeps a row, scored 0, and is reported for a manual look
     assert float(row(graded, "eve", A2)["score"]) == 0
@@ -399,14 +432,29 @@ def test_flat_layout_with_a_database_url(course, tmp_path):
     shutil.copy(course / "solutions" / A1 / f"{A1}.ipynb", subs / "99_nope" / "dan.ipynb")
     db = tmp_path / "books" / "course.sqlite"
     out = tmp_path / "out"
-    run = kdlib_grade(A1, "--submissions", subs, "--out", out, "--db", f"sqlite:///{db}",
-                      "--course-dir", course, "--no-feedback", "--timeout", TIMEOUT,
-                      cwd=tmp_path, in_process=True)
+    run = kdlib_grade(
+        A1,
+        "--submissions",
+        subs,
+        "--out",
+        out,
+        "--db",
+        f"sqlite:///{db}",
+        "--course-dir",
+        course,
+        "--no-feedback",
+        "--timeout",
+        TIMEOUT,
+        cwd=tmp_path,
+        in_process=True,
+    )
     assert run.returncode == 1, run.stdout + run.stderr
     assert str(subs / "99_nope") in run.stderr
     rows = read_csv(out / "grades.csv")
     assert [(r["student"], r["assignment"], float(r["score"])) for r in rows] == [
-        ("ada", A1, 5.0), ("bob", A1, 0.0)]
+        ("ada", A1, 5.0),
+        ("bob", A1, 0.0),
+    ]
     assert db.is_file() and not (out / "gradebook.db").exists()
     with Gradebook(f"sqlite:///{db}", "kd-course") as gb:
         assert gb.find_submission(A1, "ada").score == 5
@@ -414,9 +462,22 @@ def test_flat_layout_with_a_database_url(course, tmp_path):
     assert not (out / "feedback").exists()
     # what `nbgrader collect` leaves in <out>/submitted is graded in place, nothing deleted
     kept = tree_digest(out / "submitted")
-    run = kdlib_grade(A1, "--submissions", out / "submitted", "--out", out, "--db",
-                      f"sqlite:///{db}", "--course-dir", course, "--no-feedback",
-                      "--timeout", TIMEOUT, cwd=tmp_path, in_process=True)
+    run = kdlib_grade(
+        A1,
+        "--submissions",
+        out / "submitted",
+        "--out",
+        out,
+        "--db",
+        f"sqlite:///{db}",
+        "--course-dir",
+        course,
+        "--no-feedback",
+        "--timeout",
+        TIMEOUT,
+        cwd=tmp_path,
+        in_process=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert read_csv(out / "grades.csv") == rows
     assert tree_digest(out / "submitted") == kept
@@ -426,14 +487,51 @@ def test_usage_errors_exit_2(course, tmp_path, monkeypatch, capsys):
     from kdlib.course.cli import main
 
     (tmp_path / "subs").mkdir()
-    assert main(["grade", "07_nope", "--submissions", str(tmp_path / "subs"),
-                 "--out", str(tmp_path / "o"), "--course-dir", str(course)]) == 2
+    assert (
+        main(
+            [
+                "grade",
+                "07_nope",
+                "--submissions",
+                str(tmp_path / "subs"),
+                "--out",
+                str(tmp_path / "o"),
+                "--course-dir",
+                str(course),
+            ]
+        )
+        == 2
+    )
     assert "unknown assignment 07_nope" in capsys.readouterr().err
-    assert main(["grade", "--submissions", str(tmp_path / "missing"),
-                 "--course-dir", str(course), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "grade",
+                "--submissions",
+                str(tmp_path / "missing"),
+                "--course-dir",
+                str(course),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
-    assert main(["grade", "--submissions", str(tmp_path), "--out", str(tmp_path / "o"),
-                 "--course-dir", str(course)]) == 2
+    assert (
+        main(
+            [
+                "grade",
+                "--submissions",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+                "--course-dir",
+                str(course),
+            ]
+        )
+        == 2
+    )
     assert "overlap" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)  # no nbgrader_config.py here or above
     assert main(["grade", "--submissions", str(tmp_path / "subs")]) == 2
@@ -459,9 +557,11 @@ def released_course_assignments() -> list[str]:
     release = REPO / "notebooks"
     if not release.is_dir():
         return []
-    return sorted(d.name for d in release.iterdir()
-                  if d.is_dir() and list(d.glob("*.ipynb"))
-                  and (REPO / "solutions" / d.name).is_dir())
+    return sorted(
+        d.name
+        for d in release.iterdir()
+        if d.is_dir() and list(d.glob("*.ipynb")) and (REPO / "solutions" / d.name).is_dir()
+    )
 
 
 @pytest.mark.slow
@@ -476,11 +576,23 @@ def test_real_course_assignments_solution_full_release_zero(tmp_path):
     subs = tmp_path / "subs"
     for name in names:
         for student, folder in (("ada", "solutions"), ("bob", "notebooks")):
-            shutil.copytree(REPO / folder / name, subs / student / name,
-                            ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+            shutil.copytree(
+                REPO / folder / name,
+                subs / student / name,
+                ignore=shutil.ignore_patterns(".ipynb_checkpoints"),
+            )
     out = tmp_path / "out"
-    run = kdlib_grade(*names, "--submissions", subs, "--out", out, "--course-dir", REPO,
-                      cwd=tmp_path, in_process=True)
+    run = kdlib_grade(
+        *names,
+        "--submissions",
+        subs,
+        "--out",
+        out,
+        "--course-dir",
+        REPO,
+        cwd=tmp_path,
+        in_process=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     rows = {(r["student"], r["assignment"]): r for r in read_csv(out / "grades.csv")}
     assert set(rows) == {(s, a) for s in ("ada", "bob") for a in names}
@@ -493,3 +605,46 @@ def test_real_course_assignments_solution_full_release_zero(tmp_path):
         assert cells and all(float(release[k]) == 0 for k in cells)
     kinds = {i["issue"] for i in read_csv(out / "issues.csv")}
     assert not kinds & {"locked-cell-modified", "cell-timeout", "autograde-failed"}, kinds
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_the_courses_own_code_raises_no_issue_on_any_notebook(tmp_path):
+    """Every released assignment, the solution graded as one student's submission and the
+    untouched release as another's: full marks and 0, and not one row in issues.csv (the
+    course's own code, and what kdlib and the libraries do by themselves, are never flagged).
+    The canary expects the same of each assignment; it is skipped here, having nothing to add
+    to these two submissions."""
+    names = released_course_assignments()
+    if not names:
+        pytest.skip("no course assignment is released in notebooks/ yet")
+    subs = tmp_path / "subs"
+    for name in names:
+        for student, folder in (("ada", "solutions"), ("bob", "notebooks")):
+            shutil.copytree(
+                REPO / folder / name,
+                subs / student / name,
+                ignore=shutil.ignore_patterns(".ipynb_checkpoints"),
+            )
+    out = tmp_path / "out"
+    run = kdlib_grade(
+        *names,
+        "--submissions",
+        subs,
+        "--out",
+        out,
+        "--course-dir",
+        REPO,
+        "--jobs",
+        2,
+        "--no-feedback",
+        "--skip-canary",
+        cwd=tmp_path,
+        in_process=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert read_csv(out / "issues.csv") == []
+    rows = {(r["student"], r["assignment"]): r for r in read_csv(out / "grades.csv")}
+    for name in names:
+        assert float(rows[("ada", name)]["score"]) == float(rows[("ada", name)]["max_score"])
+        assert float(rows[("bob", name)]["score"]) == 0

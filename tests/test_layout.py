@@ -265,10 +265,7 @@ def _circles(edges: dict[str, set[str]]) -> list[list[str]]:
 # Known cases owned by work running in parallel with this test's; delete each entry when its
 # work lands (the test then holds it to the rule like everything else).
 KNOWN_CIRCLES: list = []
-KNOWN_PRIVATE_IMPORTS = [
-    ("kdlib.course.release", "kdlib.course.grade._ensure_alembic_on_path"),  # split by the
-    # grading work
-]
+KNOWN_PRIVATE_IMPORTS: list = []
 
 
 def test_no_module_of_kdlib_imports_another_in_a_circle():

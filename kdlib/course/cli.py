@@ -3,6 +3,7 @@
     kdlib course run [--fast] [--device auto|cpu|cuda|mps] [--only 03,04] [--jobs N]
     kdlib course site [--run build/course] [--out build/site]
     kdlib grade [ASSIGNMENT ...] --submissions DIR [--db URL] [--out DIR]
+    kdlib gradebook export --db URL    grades.csv, issues.csv, feedback from a gradebook
     kdlib release [ASSIGNMENT ...]      regenerate notebooks/ from solutions/ with nbgrader
     kdlib data download NAME [--root data]
     kdlib device                        which device kdlib would use here
@@ -77,6 +78,10 @@ _ALL_COMMANDS = {
     ("course", "run"): ("kdlib.course.run", "execute the course notebooks headless and report"),
     ("course", "site"): ("kdlib.course.site", "build the course website (offline, static)"),
     ("grade",): ("kdlib.course.grade", "autograde a folder of submissions: grades and feedback"),
+    ("gradebook", "export"): (
+        "kdlib.course.export",
+        "write grades.csv, issues.csv and the feedback from a gradebook (after --shard)",
+    ),
     ("release",): ("kdlib.course.release", "regenerate notebooks/ from solutions/ with nbgrader"),
     ("data", "download"): (_DataCommand, "download a torchvision dataset into data/"),
     ("device",): (_DeviceCommand, "print the device kdlib picks on this machine"),

@@ -152,9 +152,9 @@ def generate_releases(names: list[str], course_dir: str | Path | None = None) ->
     from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
 
-    from kdlib.course.grade import _ensure_alembic_on_path, load_course_config
+    from kdlib.course.coursedir import ensure_alembic_on_path, load_course_config
 
-    _ensure_alembic_on_path()  # nbgrader runs the `alembic` command of this environment
+    ensure_alembic_on_path()  # nbgrader runs the `alembic` command of this environment
     root = _root(course_dir)
     releases = {}
     with tempfile.TemporaryDirectory(prefix="kdlib-release-") as tmp:
@@ -495,7 +495,7 @@ def student_edition_files(
             if not (line.lstrip().startswith("#") and ("solutions" in line or "NBVAL" in line))
         )
         out["pyproject.toml"] = text.encode()
-    from kdlib.course.grade import load_course_config
+    from kdlib.course.coursedir import load_course_config
 
     course_id = load_course_config(root).CourseDirectory.get("course_id", "kd-course")
     out["nbgrader_config.py"] = _STUDENT_CONFIG.replace("{course_id}", str(course_id)).encode()

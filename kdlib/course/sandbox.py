@@ -12,17 +12,20 @@ Used by :mod:`kdlib.course.grade` for every submission:
   kernel over ZeroMQ's ``ipc`` transport (Unix sockets in a folder bound into the sandbox), so
   the kernel needs no network. When the kernel's sandbox ends, the kernel and every process it
   started end with it (the PID namespace's first process exits).
-- :class:`GuardedExecute` is nbgrader's ``Execute`` preprocessor plus a guard in the kernel:
-  before any student cell runs it records the functions of ``builtins``, ``math``, ``torch``,
-  ``numpy``, ``kdlib`` (those the notebook mentions, imported up front) and the IPython shell's
-  input transformers, exception handlers and methods; before every locked cell it puts back
-  whatever a student cell changed among them, and rebinds the names a locked cell bound to a
-  function, class or module (``from kdlib.losses import kd_loss``) if a student cell rebound
-  them. After a locked cell holding hidden tests it removes that cell's source from the kernel's
-  history. What it had to put back is reported (``tests-tampered``).
+- :class:`GuardedExecute` is nbgrader's ``Execute`` preprocessor plus the guard of
+  :mod:`kdlib.course.guard`, whose source it runs in the kernel before the first cell: before
+  every locked cell the guard puts back what the student's cells changed among the functions
+  of ``builtins``, ``torch``, ``numpy``, ``kdlib`` and the IPython shell, and rebinds the names
+  a locked cell bound (``from kdlib.losses import kd_loss``); after a locked cell holding hidden
+  tests it removes that cell's source from the kernel's history. What it had to put back is
+  reported (``tests-tampered``). It leaves out the cells no grade depends on
+  (:mod:`kdlib.course.needed`), and sandboxes the kernel when :attr:`GuardedExecute.sandboxed`.
+  The kernel imports the grader's own kdlib (:func:`kdlib_path_entry`); ``/tmp`` and
+  ``/dev/shm`` are capped to the file limit.
 - :func:`scan_cells` reads the student's cells (without running them) and names those that
   patch builtins, torch, numpy, kdlib or IPython, reach into the interpreter, start processes or
-  touch files outside their folder (``manual-review``).
+  touch files outside their folder (``manual-review``); cells identical to a cell of the
+  release are the course's own code and are not scanned.
 - :class:`FeedbackSafety` is a feedback preprocessor: hidden tests replaced by a notice (and
   their text removed from every output), markdown cleaned of scripts, frames, event handlers and
   ``javascript:`` links.
@@ -45,14 +48,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kdlib.course.guard import setup_code as guard_setup_code
+
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 HIDDEN_NOTICE = "# (hidden tests: not shown in the feedback; their result counts in the points)"
 OFF_SWITCH = "KDLIB_GRADE_SANDBOX"  # =off: grade without bubblewrap (and say so)
 
 # environment variables the kernel keeps (everything else is cleared: no tokens, no paths)
-KEPT_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS", "KDLIB_THREADS", "KDLIB_CPUS", "KDLIB_FAST", "KDLIB_DATA",
-            "NBGRADER_EXECUTION", "MPLBACKEND")
+KEPT_ENV = (
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "KDLIB_THREADS",
+    "KDLIB_CPUS",
+    "KDLIB_FAST",
+    "KDLIB_DATA",
+    "NBGRADER_EXECUTION",
+    "MPLBACKEND",
+)
 
 
 # --------------------------------------------------------------------------- bubblewrap
@@ -67,8 +84,9 @@ def bwrap_status() -> tuple[str | None, str]:
         return None, f"bubblewrap is Linux-only (this is {sys.platform})"
     path = shutil.which("bwrap")
     if path is None:
-        return None, ("bubblewrap (bwrap) is not installed (Debian/Ubuntu: "
-                      "apt-get install bubblewrap)")
+        return None, (
+            "bubblewrap (bwrap) is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+        )
     probe = [path, *_namespace_args(), *_system_binds(), "--", "/bin/true"]
     try:
         done = subprocess.run(probe, capture_output=True, text=True, timeout=30)
@@ -80,12 +98,32 @@ def bwrap_status() -> tuple[str | None, str]:
     return path, ""
 
 
+@functools.lru_cache(maxsize=1)
+def _bwrap_sizes_tmpfs() -> bool:
+    """Whether this bubblewrap has ``--size`` (0.8 and later) to cap a tmpfs."""
+    path = shutil.which("bwrap")
+    try:
+        done = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, TypeError, subprocess.TimeoutExpired):
+        return False
+    return "--size" in done.stdout + done.stderr
+
+
 def _namespace_args() -> list[str]:
-    return ["--unshare-user-try", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-            "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--cap-drop", "ALL"]
+    return [
+        "--unshare-user-try",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--cap-drop",
+        "ALL",
+    ]
 
 
-def _system_binds() -> list[str]:
+def _system_binds(tmp_size: int | None = None) -> list[str]:
     """The operating system, read-only: /usr, the /bin /lib... links or folders, a few files of
     /etc (no secrets), a fresh /proc, /dev and /tmp."""
     args = ["--ro-bind", "/usr", "/usr"]
@@ -94,10 +132,33 @@ def _system_binds() -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
-    for name in ("passwd", "group", "nsswitch.conf", "localtime", "ld.so.cache", "ld.so.conf",
-                 "ld.so.conf.d", "alternatives", "mime.types", "hosts", "timezone"):
+    for name in (
+        "passwd",
+        "group",
+        "nsswitch.conf",
+        "localtime",
+        "ld.so.cache",
+        "ld.so.conf",
+        "ld.so.conf.d",
+        "alternatives",
+        "mime.types",
+        "hosts",
+        "timezone",
+    ):
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
+    size = ["--size", str(int(tmp_size))] if tmp_size and _bwrap_sizes_tmpfs() else []
+    args += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        *size,
+        "--tmpfs",
+        "/tmp",
+        *size,
+        "--tmpfs",
+        "/dev/shm",
+    ]
     return args
 
 
@@ -112,8 +173,12 @@ def _python_paths(hidden: list[Path]) -> list[str]:
     import tempfile
 
     hidden = [*hidden, Path(tempfile.gettempdir())]
-    wanted = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
-              Path(sys.base_exec_prefix)]
+    wanted = [
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(sys.exec_prefix),
+        Path(sys.base_exec_prefix),
+    ]
     wanted += [Path(p) for p in site.getsitepackages()]
     if site.ENABLE_USER_SITE and site.getusersitepackages():
         wanted.append(Path(site.getusersitepackages()))
@@ -137,30 +202,77 @@ def _python_paths(hidden: list[Path]) -> list[str]:
     return [str(k) for k in keep]
 
 
-def sandbox_command(kernel_cmd: list[str], workdir: Path, ipc_dir: Path,
-                    hidden: list[Path], env: dict[str, str]) -> list[str]:
+def kdlib_path_entry() -> str:
+    """The folder to put first on the kernel's ``PYTHONPATH`` so that it imports the grader's
+    own ``kdlib`` (and not another checkout an editable install or a ``.pth`` file points
+    to); "" when kdlib sits in a site-packages folder the kernel searches anyway."""
+    import importlib.util
+    import site
+
+    spec = importlib.util.find_spec("kdlib")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    parent = Path(list(spec.submodule_search_locations)[0]).resolve().parent
+    site_dirs = {Path(p).resolve() for p in site.getsitepackages()}
+    return "" if parent in site_dirs else str(parent)
+
+
+def sandbox_command(
+    kernel_cmd: list[str],
+    workdir: Path,
+    ipc_dir: Path,
+    hidden: list[Path],
+    env: dict[str, str],
+    tmp_size: int | None = None,
+) -> list[str]:
     """``kernel_cmd`` wrapped in bubblewrap: ``workdir`` (read-write, the working folder) and
-    ``ipc_dir`` (the kernel's sockets and connection file) are the only writable folders."""
+    ``ipc_dir`` (the kernel's sockets and connection file) are the only writable folders;
+    ``/tmp`` and ``/dev/shm`` hold at most ``tmp_size`` bytes each (they live in memory)."""
     path, reason = bwrap_status()
     if path is None:
         raise RuntimeError(reason)
-    args = [path, *_namespace_args(), *_system_binds()]
+    args = [path, *_namespace_args(), *_system_binds(tmp_size)]
     for folder in _python_paths(hidden):
         args += ["--ro-bind", folder, folder]
-    args += ["--bind", str(workdir), str(workdir), "--bind", str(ipc_dir), str(ipc_dir),
-             "--chdir", str(workdir), "--clearenv",
-             "--setenv", "PATH", os.pathsep.join([str(Path(sys.executable).parent),
-                                                  "/usr/local/bin", "/usr/bin", "/bin"]),
-             "--setenv", "HOME", "/tmp", "--setenv", "PYTHONSAFEPATH", "1",
-             "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
+    args += [
+        "--bind",
+        str(workdir),
+        str(workdir),
+        "--bind",
+        str(ipc_dir),
+        str(ipc_dir),
+        "--chdir",
+        str(workdir),
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "--setenv",
+        "HOME",
+        "/tmp",
+        "--setenv",
+        "PYTHONSAFEPATH",
+        "1",
+        "--setenv",
+        "PYTHONDONTWRITEBYTECODE",
+        "1",
+    ]
+    entry = kdlib_path_entry()
+    if entry:  # the grader's kdlib first (bound read-only by _python_paths)
+        args += ["--setenv", "PYTHONPATH", entry]
     for name in KEPT_ENV:
         if name in env:
             args += ["--setenv", name, env[name]]
     # SIGINT ignored for bubblewrap's own processes (an interrupt is sent to the kernel's
     # process group: it must stop the cell, not end the sandbox); the kernel sets its handler
-    ignore_int = [sys.executable, "-S", "-E", "-c",
-                  "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-                  "os.execv(sys.argv[1], sys.argv[1:])"]
+    ignore_int = [
+        sys.executable,
+        "-S",
+        "-E",
+        "-c",
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "os.execv(sys.argv[1], sys.argv[1:])",
+    ]
     return [*ignore_int, *args, "--", *kernel_cmd]
 
 
@@ -178,6 +290,7 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     hidden: list[Path] = []
     ipc_dir: Path | None = None
+    tmp_size: int | None = None  # bytes of /tmp and /dev/shm in the sandbox
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -192,164 +305,10 @@ class SandboxedKernelManager(AsyncKernelManager):
         env = kw.get("env") or os.environ
         log = open(self.ipc_dir / "kernel.log", "ab")  # noqa: SIM115 - the kernel's lifetime
         kw.update(stdout=log, stderr=log)
-        return sandbox_command(kernel_cmd, cwd, self.ipc_dir, self.hidden, env), kw
+        return (sandbox_command(kernel_cmd, cwd, self.ipc_dir, self.hidden, env, self.tmp_size), kw)
 
 
 # --------------------------------------------------------------------------- the guard
-
-# Runs in the kernel before any student cell. Defines the guard object under a random name;
-# the grader calls its methods through ``user_expressions`` (evaluated without the input
-# transformers a student cell may have installed).
-_GUARD_SETUP = r'''
-def __kdlib_make_guard(wanted):
-    import builtins, importlib, linecache, sys, types
-    for name in wanted:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass
-    ip = get_ipython()
-    SIMPLE = (types.FunctionType, types.BuiltinFunctionType, types.ModuleType, type,
-              types.MethodType, types.MethodWrapperType, types.WrapperDescriptorType,
-              types.MethodDescriptorType, types.ClassMethodDescriptorType)
-    watched = ["builtins", "math", "operator", "functools"]
-    watched += sorted(m for m in list(sys.modules) if m in wanted or any(
-        m.startswith(w + ".") for w in wanted if w == "kdlib"))
-    watched += [m for m in ("torch.nn.functional", "torch.testing", "numpy.testing")
-                if m in sys.modules]
-    watched = list(dict.fromkeys(m for m in watched if m in sys.modules))
-    def interesting(v):
-        return isinstance(v, SIMPLE) or callable(v)
-    def code_of(v):
-        return (getattr(v, "__code__", None), getattr(v, "__defaults__", None),
-                getattr(v, "__kwdefaults__", None)) if isinstance(v, types.FunctionType) else None
-    modules = {m: sys.modules[m] for m in watched}
-    # names IPython and ipykernel themselves swap in builtins around every execution
-    swapped = {"input", "raw_input", "get_ipython", "exit", "quit", "display", "help"}
-    snap = {m: {k: (v, code_of(v)) for k, v in list(vars(mod).items())
-                if interesting(v) and not (m == "builtins" and k in swapped)}
-            for m, mod in modules.items()}
-    classes = []
-    for mod, cls in (("torch", "Tensor"), ("torch.nn", "Module"), ("builtins", "object")):
-        c = getattr(sys.modules.get(mod), cls, None)
-        if isinstance(c, type):
-            classes.append((c, dict(vars(c))))
-    shell_classes = [(c, dict(vars(c))) for c in type(ip).__mro__ if c is not object]
-    shell_dict = dict(vars(ip))
-    itm = ip.input_transformer_manager
-    state = {"itm": itm, "cleanup": list(itm.cleanup_transforms),
-             "line": list(itm.line_transforms), "token": list(itm.token_transformers),
-             "post": list(ip.input_transformers_post), "ast": list(ip.ast_transformers),
-             "events": {k: list(v) for k, v in ip.events.callbacks.items()},
-             "custom": (ip.custom_exceptions, ip.CustomTB)}
-    locked = {}
-    before = {}
-
-    def restore():
-        done = []
-        for m, mod in modules.items():
-            if sys.modules.get(m) is not mod:
-                sys.modules[m] = mod
-                done.append("sys.modules[%r]" % m)
-            d = vars(mod)
-            for k, (v, code) in snap[m].items():
-                cur = d.get(k, restore)
-                if cur is not v:
-                    d[k] = v
-                    done.append("%s.%s" % (m, k))
-                elif code is not None and code_of(v) != code:
-                    v.__code__, v.__defaults__, v.__kwdefaults__ = code
-                    done.append("%s.%s.__code__" % (m, k))
-        for c, saved in classes + shell_classes:
-            now = vars(c)
-            for k in [k for k in now if k not in saved and callable(now[k])]:
-                try:
-                    delattr(c, k)
-                    done.append("%s.%s" % (c.__name__, k))
-                except (TypeError, AttributeError):
-                    pass
-            for k, v in saved.items():
-                if now.get(k, restore) is not v and (callable(v) or isinstance(
-                        v, (staticmethod, classmethod, property))):
-                    try:
-                        setattr(c, k, v)
-                        done.append("%s.%s" % (c.__name__, k))
-                    except (TypeError, AttributeError):
-                        pass
-        d = vars(ip)
-        for k in list(d):  # instance attributes hiding the shell's methods
-            if k != "CustomTB" and callable(getattr(type(ip), k, None)) and callable(d[k]):
-                if k in shell_dict:
-                    if d[k] is not shell_dict[k]:
-                        d[k] = shell_dict[k]
-                        done.append("shell.%s" % k)
-                else:
-                    del d[k]
-                    done.append("shell.%s" % k)
-        if ip.input_transformer_manager is not state["itm"]:
-            ip.input_transformer_manager = state["itm"]
-            done.append("input_transformer_manager")
-        for attr, key in (("cleanup_transforms", "cleanup"), ("line_transforms", "line"),
-                          ("token_transformers", "token")):
-            if list(getattr(itm, attr)) != state[key]:
-                setattr(itm, attr, list(state[key]))
-                done.append("input transformers (%s)" % attr)
-        if list(ip.input_transformers_post) != state["post"]:
-            ip.input_transformers_post = list(state["post"])
-            done.append("input_transformers_post")
-        if list(ip.ast_transformers) != state["ast"]:
-            ip.ast_transformers = list(state["ast"])
-            done.append("ast_transformers")
-        for k, v in state["events"].items():
-            if ip.events.callbacks.get(k) != v:
-                ip.events.callbacks[k] = list(v)
-                done.append("events.%s" % k)
-        if (ip.custom_exceptions, ip.CustomTB) != state["custom"]:
-            ip.custom_exceptions, ip.CustomTB = state["custom"]
-            done.append("custom exception handler")
-        if sys.gettrace() is not None or sys.getprofile() is not None:
-            sys.settrace(None)
-            sys.setprofile(None)
-            done.append("sys.settrace/setprofile")
-        ns = ip.user_ns
-        if ns.get("__builtins__") is not builtins:
-            ns["__builtins__"] = builtins
-            done.append("__builtins__")
-        for k, v in locked.items():
-            if ns.get(k, restore) is not v:
-                ns[k] = v
-                done.append("%s (bound by a locked cell)" % k)
-        before.clear()
-        before.update({k: id(v) for k, v in ns.items()})
-        return done
-
-    def record(hidden):
-        ns = ip.user_ns
-        for k, v in list(ns.items()):
-            if k.startswith("_") or id(v) == before.get(k):
-                continue
-            if isinstance(v, (types.FunctionType, types.BuiltinFunctionType,
-                              types.ModuleType, type)):
-                locked[k] = v
-        if hidden:  # the locked cell's source leaves the kernel's history
-            hm = ip.history_manager
-            for hist in (hm.input_hist_parsed, hm.input_hist_raw):
-                for i, text in enumerate(hist):
-                    if hidden in text:
-                        hist[i] = ""
-            for k in [k for k, v in ns.items() if k.startswith("_i") and isinstance(v, str)
-                      and hidden in v]:
-                ns[k] = ""
-            for k, entry in list(linecache.cache.items()):
-                if len(entry) > 2 and any(hidden in line for line in entry[2] or ()):
-                    del linecache.cache[k]
-            sys.last_type = sys.last_value = sys.last_traceback = None
-            if hasattr(sys, "last_exc"):
-                sys.last_exc = None
-        return []
-
-    return types.SimpleNamespace(restore=restore, record=record)
-'''
 
 
 def modules_mentioned(sources: list[str]) -> list[str]:
@@ -388,6 +347,9 @@ class GuardedExecute(_Execute):
 
     sandboxed = False  # set by the grader's child process
     tampering: list[str] = []  # what the guard put back, "cell: what" (read by the grader)
+    released: set[str] = set()  # sources of the release's code cells (set by the child)
+    skip_unneeded = True  # leave out the cells no answer or test depends on (kdlib.course.needed)
+    skipped: list[int] = []  # how many cells each notebook left out (read by the grader)
 
     def __init__(self, *args, **kwargs):
         if self.sandboxed:
@@ -397,13 +359,21 @@ class GuardedExecute(_Execute):
         if self.timeout and self.iopub_timeout < self.timeout:
             self.iopub_timeout = int(self.timeout)
 
+    def preprocess(self, nb, resources=None, *args, **kwargs):
+        from kdlib.course.needed import cells_to_skip
+
+        self._skip = cells_to_skip(nb.cells, self.released) if self.skip_unneeded else set()
+        GuardedExecute.skipped.append(len(self._skip))
+        return super().preprocess(nb, resources, *args, **kwargs)
+
     async def _guard_call(self, expression: str):
         """Evaluate ``expression`` in the kernel through ``user_expressions``; its value, or
         None when it failed."""
         import ast as _ast
 
-        msg_id = self.kc.execute("", silent=True, store_history=False,
-                                 user_expressions={"r": expression})
+        msg_id = self.kc.execute(
+            "", silent=True, store_history=False, user_expressions={"r": expression}
+        )
         reply = await self.async_wait_for_reply(msg_id)
         if reply is None:
             return None
@@ -418,16 +388,22 @@ class GuardedExecute(_Execute):
     async def async_start_new_kernel_client(self):
         kc = await super().async_start_new_kernel_client()
         sources = [c.source for c in self.nb.cells if c.cell_type == "code"]
-        setup = (_GUARD_SETUP + f"\n{self._guard} = __kdlib_make_guard("
-                 f"{modules_mentioned(sources)!r})\ndel __kdlib_make_guard\n")
+        setup = guard_setup_code(self._guard, modules_mentioned(sources))
         msg_id = kc.execute(setup, silent=True, store_history=False)
         reply = await self.async_wait_for_reply(msg_id)
         if reply is None or reply["content"].get("status") != "ok":
             GuardedExecute.tampering.append("setup: the guard could not be installed")
         return kc
 
-    async def async_execute_cell(self, cell, cell_index, execution_count=None,
-                                 store_history=True):
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        if cell_index in getattr(self, "_skip", ()):
+            from nbformat.v4 import new_output
+
+            from kdlib.course.needed import SKIPPED_NOTE
+
+            cell.outputs = [new_output("stream", name="stdout", text=SKIPPED_NOTE)]
+            cell.execution_count = None
+            return cell
         locked = cell.cell_type == "code" and is_locked(cell) and cell.source.strip()
         name = _nbgrader_meta(cell).get("grade_id") or f"cell {cell_index + 1}"
         if locked:
@@ -435,8 +411,9 @@ class GuardedExecute(_Execute):
             if done is None:
                 GuardedExecute.tampering.append(f"{name}: the guard was removed or broken")
             elif done:
-                GuardedExecute.tampering.append(f"{name}: put back {', '.join(done[:12])}"
-                                                + (" ..." if len(done) > 12 else ""))
+                GuardedExecute.tampering.append(
+                    f"{name}: put back {', '.join(done[:12])}" + (" ..." if len(done) > 12 else "")
+                )
         cell = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
         if locked:
             hidden = HIDDEN_BEGIN if HIDDEN_BEGIN in cell.source else ""
@@ -453,19 +430,38 @@ class GuardedExecute(_Execute):
 
 # --------------------------------------------------------------------------- static scan
 
-_PATCHED_ROOTS = {"builtins", "__builtins__", "torch", "np", "numpy", "IPython", "sys", "math",
-                  "kdlib", "F", "nn", "get_ipython", "operator", "functools", "types"}
+_PATCHED_ROOTS = {
+    "builtins",
+    "__builtins__",
+    "torch",
+    "np",
+    "numpy",
+    "IPython",
+    "sys",
+    "math",
+    "kdlib",
+    "F",
+    "nn",
+    "get_ipython",
+    "operator",
+    "functools",
+    "types",
+}
 _REACH = {  # pattern -> why
-    r"\binput_transformers\w*|\bast_transformers\b|\binput_transformer_manager\b":
-        "installs IPython input/AST transformers",
+    r"\binput_transformers\w*|\bast_transformers\b|\binput_transformer_manager\b": (
+        "installs IPython input/AST transformers"
+    ),
     r"\bset_custom_exc\b|\bCustomTB\b|\bshowtraceback\b": "replaces IPython's exception handling",
     r"\bevents\.register\b|\bregister_magic\w*\b": "hooks into IPython's events or magics",
-    r"\bsys\.(settrace|setprofile|modules|_getframe|meta_path|path_hooks)\b":
-        "reaches into the interpreter (sys)",
-    r"\b(gc\.get_objects|gc\.get_referrers|ctypes|__code__|__globals__|f_locals|f_globals)\b":
-        "reaches into the interpreter (frames, code objects, memory)",
-    r"\b_ih\b|\b_i\d+\b|\bIn\s*\[|\blinecache\b|\bhistory_manager\b":
-        "reads the kernel's input history",
+    r"\bsys\.(settrace|setprofile|modules|_getframe|meta_path|path_hooks)\b": (
+        "reaches into the interpreter (sys)"
+    ),
+    r"\b(gc\.get_objects|gc\.get_referrers|ctypes|__code__|__globals__|f_locals|f_globals)\b": (
+        "reaches into the interpreter (frames, code objects, memory)"
+    ),
+    r"\b_ih\b|\b_i\d+\b|\bIn\s*\[|\blinecache\b|\bhistory_manager\b": (
+        "reads the kernel's input history"
+    ),
     r"\bsubprocess\b|\bos\.(system|popen|fork|exec\w*|spawn\w*|kill|setsid|killpg)\b|"
     r"^\s*[!%]": "starts processes or shell commands",
     r"\bsocket\b|\burllib\b|\brequests\b|\bhttp\.client\b": "uses the network",
@@ -501,9 +497,13 @@ def _patch_targets(tree) -> list[str]:
         for t in targets:
             if isinstance(t, (ast.Attribute, ast.Subscript)) and root(t) in _PATCHED_ROOTS:
                 found.append(ast.unparse(t)[:60])
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in ("setattr", "delattr") and node.args
-                and root(node.args[0]) in _PATCHED_ROOTS | {None}):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("setattr", "delattr")
+            and node.args
+            and root(node.args[0]) in _PATCHED_ROOTS | {None}
+        ):
             found.append(ast.unparse(node)[:60])
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
@@ -512,15 +512,45 @@ def _patch_targets(tree) -> list[str]:
     return found
 
 
-def _bound_names(tree, imports: bool = True) -> set[str]:
+_SCOPES = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.Lambda,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
+
+
+def _bound_names(tree, imports: bool = True, assignments: bool = True) -> set[str]:
+    """Names a cell binds in the notebook's namespace: its top-level imports (when
+    ``imports``), functions, classes and assignments (when ``assignments``), and the names it
+    declares ``global``; not the local names of the functions and classes it defines (a
+    method's ``__init__``)."""
     names = set()
-    for node in ast.walk(tree):
+
+    def visit(node):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)) and imports:
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name != "*"}
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
+        elif (
+            isinstance(node, ast.Name)
+            and isinstance(node.ctx, (ast.Store, ast.Del))
+            and assignments
+        ):
             names.add(node.id)
+        if not isinstance(node, _SCOPES):
+            for child in ast.iter_child_nodes(node):
+                visit(child)
+
+    visit(tree)
+    if assignments:
+        for node in ast.walk(tree):  # `global x` inside a function rebinds the notebook's x
+            if isinstance(node, ast.Global):
+                names.update(node.names)
     return names
 
 
@@ -532,10 +562,13 @@ def _parse(source: str):
         return None
 
 
-def scan_cells(nb) -> list[str]:
+def scan_cells(nb, released=()) -> list[str]:
     """Reasons to look at a submission by hand, one per student cell that does something a
     notebook answer has no need to (see ``_REACH``), or that rebinds a name a locked cell bound
-    to a function, class or module (a checking function of the tests)."""
+    to a function, class or module (a checking function of the tests). A cell whose source is
+    that of a code cell of the release (``released``: the sources, stripped) is the course's
+    own code and is not scanned."""
+    released = {text.strip() for text in released}
     locked_names: set[str] = set()
     reasons = []
     for index, cell in enumerate(nb.cells, start=1):
@@ -545,12 +578,11 @@ def scan_cells(nb) -> list[str]:
         tree = _parse(source)
         name = _nbgrader_meta(cell).get("grade_id") or f"cell {index}"
         if is_locked(cell):
-            if tree is not None:
-                for node in ast.walk(tree):
-                    if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef,
-                                         ast.ClassDef)):
-                        locked_names |= _bound_names(node)
+            if tree is not None:  # what the guard rebinds: functions, classes, modules
+                locked_names |= _bound_names(tree, assignments=False)
             continue
+        if source.strip() in released:
+            continue  # the course's own code, as released
         why = [w for pattern, w in _REACH.items() if re.search(pattern, source, re.M)]
         if tree is not None:
             patched = _patch_targets(tree)
@@ -571,14 +603,58 @@ def scan_cells(nb) -> list[str]:
 
 # --------------------------------------------------------------------------- feedback
 
-_SAFE_TAGS = {"a", "abbr", "b", "blockquote", "br", "code", "del", "details", "div", "em",
-              "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "kbd", "li", "ol", "p",
-              "pre", "s", "span", "strong", "sub", "summary", "sup", "table", "tbody", "td",
-              "th", "thead", "tr", "u", "ul"}
-_SAFE_ATTRS = {"a": ["href", "title"], "img": ["src", "alt", "title", "width", "height"],
-               "td": ["align"], "th": ["align"], "span": ["class"], "div": ["class"]}
-_BAD_SCHEME = re.compile(r"(?i)(j\W*a\W*v\W*a\W*s\W*c\W*r\W*i\W*p\W*t|v\W*b\W*s\W*c\W*r\W*i\W*p\W*t"
-                         r"|d\W*a\W*t\W*a)\s*:")
+_SAFE_TAGS = {
+    "a",
+    "abbr",
+    "b",
+    "blockquote",
+    "br",
+    "code",
+    "del",
+    "details",
+    "div",
+    "em",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "i",
+    "img",
+    "kbd",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "s",
+    "span",
+    "strong",
+    "sub",
+    "summary",
+    "sup",
+    "table",
+    "tbody",
+    "td",
+    "th",
+    "thead",
+    "tr",
+    "u",
+    "ul",
+}
+_SAFE_ATTRS = {
+    "a": ["href", "title"],
+    "img": ["src", "alt", "title", "width", "height"],
+    "td": ["align"],
+    "th": ["align"],
+    "span": ["class"],
+    "div": ["class"],
+}
+_BAD_SCHEME = re.compile(
+    r"(?i)(j\W*a\W*v\W*a\W*s\W*c\W*r\W*i\W*p\W*t|v\W*b\W*s\W*c\W*r\W*i\W*p\W*t"
+    r"|d\W*a\W*t\W*a)\s*:"
+)
 
 
 def clean_markdown(source: str) -> str:
@@ -588,8 +664,14 @@ def clean_markdown(source: str) -> str:
 
     text = html.unescape(source) if "&" in source else source
     text = _BAD_SCHEME.sub("blocked:", text)
-    text = bleach.clean(text, tags=_SAFE_TAGS, attributes=_SAFE_ATTRS,
-                        protocols=["http", "https", "mailto"], strip=True, strip_comments=True)
+    text = bleach.clean(
+        text,
+        tags=_SAFE_TAGS,
+        attributes=_SAFE_ATTRS,
+        protocols=["http", "https", "mailto"],
+        strip=True,
+        strip_comments=True,
+    )
     return _BAD_SCHEME.sub("blocked:", text)
 
 

@@ -1,0 +1,256 @@
+"""What ``kdlib grade`` writes from the gradebook: ``grades.csv`` (one row per student and
+assignment, then the points of every graded cell) and ``issues.csv``; cells a spreadsheet would
+run as a formula are neutralised.
+
+Also the command ``kdlib gradebook export --db URL [--out DIR] [ASSIGNMENT ...]``: after a class
+was graded in shards (``kdlib grade --shard K/N`` on several machines, one PostgreSQL
+gradebook), it writes ``grades.csv``, ``issues.csv`` and every feedback page from the gradebook
+alone. grades.csv is the one a single ``kdlib grade`` would have written.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdlib.course.coursedir import GradingRun
+from kdlib.course.submissions import Issue, read_notebook
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs such a cell as a formula
+
+
+@dataclass
+class Report:
+    """What ``grade`` did."""
+
+    out: Path
+    db_url: str
+    csv_path: Path
+    issues_path: Path
+    assignments: list[str]
+    graded: list[tuple[str, str]]  # (assignment, student) autograded in this run
+    issues: list[Issue]
+    rows: list[dict[str, str]]  # the rows of grades.csv
+    sandbox: str = ""  # why the kernels ran without bubblewrap ("" when they ran in it)
+    canary: str = ""  # what the canary found, or "skipped (--skip-canary)"
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(issue.bad for issue in self.issues) else 0
+
+
+def fmt_score(value) -> str:
+    if value is None:
+        return ""
+    return f"{float(value):g}"
+
+
+def _cell_order(source_nb_path: Path) -> list[str]:
+    try:
+        nb = read_notebook(source_nb_path)
+    except (ValueError, OSError):
+        return []
+    return [
+        c.metadata.nbgrader["grade_id"]
+        for c in nb.cells
+        if c.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+    ]
+
+
+def export_grades(
+    db_url: str,
+    course_id: str,
+    assignments: list[str],
+    source_dir: Path,
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Columns and rows of grades.csv, from the gradebook: every submission of ``assignments``.
+    Per-cell columns are ``<assignment>:<grade_id>`` (``<assignment>/<notebook>:<grade_id>``
+    when an assignment has several notebooks), in assignment order and then notebook order."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    columns = ["student", "assignment", "score", "max_score"]
+    rows = []
+    with Gradebook(db_url, course_id) as gb:
+        for name in assignments:
+            try:
+                assignment = gb.find_assignment(name)
+            except MissingEntry:
+                continue
+            notebooks = sorted(assignment.notebooks, key=lambda n: n.name)
+            keys = {}  # (notebook, grade_id) -> column
+            for notebook in notebooks:
+                order = _cell_order(source_dir / name / f"{notebook.name}.ipynb")
+                cells = [c.name for c in [*notebook.grade_cells, *notebook.task_cells]]
+                cells.sort(key=lambda g: (order.index(g) if g in order else len(order), g))
+                prefix = name if len(notebooks) == 1 else f"{name}/{notebook.name}"
+                for grade_id in cells:
+                    keys[(notebook.name, grade_id)] = f"{prefix}:{grade_id}"
+            columns.extend(keys.values())
+            for sub in sorted(assignment.submissions, key=lambda s: s.student.id):
+                row = {
+                    "student": sub.student.id,
+                    "assignment": name,
+                    "score": fmt_score(sub.score),
+                    "max_score": fmt_score(sub.max_score),
+                }
+                for snb in sub.notebooks:
+                    for grade in snb.grades:
+                        key = keys.get((snb.notebook.name, grade.name))
+                        if key:
+                            row[key] = fmt_score(grade.score)
+                rows.append(row)
+    return columns, rows
+
+
+def _neutral(value):
+    """A CSV cell a spreadsheet will not run: text starting with = + - @ (or a tab or carriage
+    return) gets a leading apostrophe; numbers are left alone."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return "'" + value
+    return value
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    rows = [{k: _neutral(v) for k, v in r.items()} for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_reports(run: GradingRun, course_id: str, selected: list[str]) -> Report:
+    """Write grades.csv (from the gradebook) and issues.csv; return the run's Report."""
+    columns, rows = export_grades(run.db_url, course_id, selected, run.source_dir)
+    write_csv(run.csv_path, columns, rows)
+    issues = sorted(set(run.issues))
+    write_csv(
+        run.issues_path,
+        ["assignment", "student", "issue", "detail"],
+        [
+            {"assignment": i.assignment, "student": i.student, "issue": i.kind, "detail": i.detail}
+            for i in issues
+        ],
+    )
+    return Report(
+        run.out,
+        run.db_url,
+        run.csv_path,
+        run.issues_path,
+        selected,
+        sorted(run.graded),
+        issues,
+        rows,
+        run.sandbox,
+        run.canary,
+    )
+
+
+# --------------------------------------------------------------------------- kdlib gradebook export
+
+
+def export_all(
+    db_url: str,
+    course_dir: Path,
+    out: Path,
+    assignments: list[str] | None = None,
+    csv_path: Path | None = None,
+) -> tuple[Path, Path, int]:
+    """Write ``grades.csv``, ``issues.csv`` and the feedback pages of ``assignments`` (default:
+    every assignment of the course) from the gradebook at ``db_url`` into ``out``. Returns the
+    two CSV paths and the number of feedback pages."""
+    from kdlib.course.coursedir import (
+        config_value,
+        load_course_config,
+        source_assignments,
+    )
+    from kdlib.course.gradebook import load_shards
+
+    cfg = load_course_config(course_dir)
+    source_dir = course_dir / config_value(cfg, "CourseDirectory", "source_directory", "source")
+    course_id = config_value(cfg, "CourseDirectory", "course_id", "")
+    names = list(assignments or source_assignments(source_dir))
+    columns, rows = export_grades(db_url, course_id, names, source_dir)
+    csv_path = csv_path or out / "grades.csv"
+    write_csv(csv_path, columns, rows)
+    issues, pages = load_shards(db_url)
+    issues = [i for i in issues if not assignments or i[0] in names or not i[0]]
+    write_csv(
+        out / "issues.csv",
+        ["assignment", "student", "issue", "detail"],
+        [dict(zip(("assignment", "student", "issue", "detail"), i, strict=True)) for i in issues],
+    )
+    written = 0
+    for (assignment, student, notebook), html in sorted(pages.items()):
+        if assignment not in names:
+            continue
+        page = out / "feedback" / student / assignment / f"{notebook}.html"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(html, encoding="utf-8")
+        written += 1
+    return csv_path, out / "issues.csv", written
+
+
+def add_arguments(parser, path=("gradebook", "export")) -> None:
+    """Flags of ``kdlib gradebook export``."""
+    parser.add_argument(
+        "assignments",
+        nargs="*",
+        metavar="ASSIGNMENT",
+        help="assignments to export (default: every assignment of the course)",
+    )
+    parser.add_argument(
+        "--db",
+        required=True,
+        metavar="URL",
+        help="the gradebook the shards wrote, e.g. postgresql://grader@host/course",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where grades.csv, issues.csv and feedback/ go (default: grading/ "
+        "in the course folder)",
+    )
+    parser.add_argument(
+        "--course-dir",
+        default=None,
+        metavar="DIR",
+        help="the course folder (default: the first folder at or above the "
+        "current one with nbgrader_config.py)",
+    )
+    parser.add_argument(
+        "--csv",
+        default=None,
+        metavar="FILE",
+        help="where to write the grades (default: <out>/grades.csv)",
+    )
+
+
+def main(args) -> int:
+    """Run ``kdlib gradebook export``; returns the exit status."""
+    import sys
+
+    from kdlib.course.coursedir import DEFAULT_OUT, GradingError, find_course_dir
+    from kdlib.course.gradebook import GradebookError, check_database, resolve_db_url
+
+    try:
+        course = Path(args.course_dir).resolve() if args.course_dir else find_course_dir()
+        out = Path(args.out).resolve() if args.out else course / DEFAULT_OUT
+        db_url = resolve_db_url(args.db, out)
+        check_database(db_url)
+        grades, issues, pages = export_all(
+            db_url, course, out, args.assignments, Path(args.csv).resolve() if args.csv else None
+        )
+    except (GradingError, GradebookError) as exc:
+        print(f"kdlib gradebook export: {exc}", file=sys.stderr)
+        return 2
+    print(f"grades:   {grades}")
+    print(f"issues:   {issues}")
+    print(f"feedback: {out / 'feedback'} ({pages} page(s))")
+    return 0
