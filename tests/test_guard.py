@@ -61,6 +61,25 @@ def test_the_librarys_own_wrapper_is_adopted_silently(shell):
     assert g.restore() == []
 
 
+def test_a_method_a_library_adds_to_module_is_adopted_and_a_cells_is_removed(shell):
+    """transformers adds torch.nn.Module.smart_apply when it builds a model: the library's
+    own code, kept; a method a cell adds to nn.Module is removed and reported."""
+    import json
+
+    g = guard.make_guard(shell, ["torch"])
+    try:
+        torch.nn.Module.library_method = json.dumps  # code inside a package: a library's
+        assert g.restore() == []
+        assert torch.nn.Module.library_method is json.dumps
+        shell.run_cell("import torch\ntorch.nn.Module.cell_method = lambda self: 0")
+        assert "Module.cell_method" in g.restore()
+        assert not hasattr(torch.nn.Module, "cell_method")
+    finally:
+        for name in ("library_method", "cell_method"):
+            if name in vars(torch.nn.Module):
+                delattr(torch.nn.Module, name)
+
+
 def test_event_callbacks_of_the_kernel_are_kept_and_a_cells_are_removed(shell):
     pytest.importorskip("matplotlib_inline")
     from matplotlib_inline.backend_inline import flush_figures

@@ -83,6 +83,16 @@ def own_wrapper(new, old, module_name: str) -> bool:
     return getattr(new, "__wrapped__", None) is old and _defined_in(new, _package_dir(module_name))
 
 
+def library_addition(value) -> bool:
+    """A new method that a library put on a watched class (transformers adds
+    ``torch.nn.Module.smart_apply`` when it builds a model): its code lives in the package of
+    the module it names, never in a student's cell. Only *new* attributes are adopted this way;
+    a replaced one is put back unless :func:`own_wrapper` says the library wrapped its own."""
+    function = getattr(value, "__func__", value)
+    module = getattr(function, "__module__", None) or ""
+    return module not in ("", "__main__") and _defined_in(function, _package_dir(module))
+
+
 def trusted_callback(callback) -> bool:
     """An event callback registered by IPython, ipykernel or matplotlib (its code inside their
     package), not by a student cell."""
@@ -161,6 +171,9 @@ def make_guard(ip, wanted):
         for c, saved in classes + shell_classes:
             now = vars(c)
             for k in [k for k in now if k not in saved and callable(now[k])]:
+                if library_addition(now[k]):  # e.g. transformers' nn.Module.smart_apply
+                    saved[k] = now[k]
+                    continue
                 try:
                     delattr(c, k)
                     done.append(f"{c.__name__}.{k}")
