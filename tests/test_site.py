@@ -80,12 +80,12 @@ def site(course, tmp_path_factory):
     out, _ = course
     folder = tmp_path_factory.mktemp("site") / "site"
     pages = build_site(folder, run=out, course_dir=ROOT, echo=lambda *a: None)
-    return folder, pages
+    return folder, pages, out
 
 
 @pytest.mark.notebooks
 def test_site_has_every_page_and_every_link_works(site):
-    folder, pages = site
+    folder, pages, _ = site
     files = {p.file for p in pages}
     assert {"index.html", "references.html", "api.html"} <= files
     assert {f"{n}.html" for n in NAMES} <= files
@@ -108,7 +108,7 @@ def test_site_has_every_page_and_every_link_works(site):
 
 @pytest.mark.notebooks
 def test_site_shows_the_run_but_no_solution(site):
-    folder, _ = site
+    folder, _, run = site
     leaked = []
     solutions = _solution_lines()
     assert len(solutions) > 20  # the check below has something to find
@@ -118,17 +118,37 @@ def test_site_shows_the_run_but_no_solution(site):
         assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text
         assert "raise NotImplementedError()" in text or name == "05_distillation_vs_finetuning"
         leaked += [f"{name}: {line}" for line in solutions if line in text]
-        # the run's outputs are on the page: its figures, and text it printed
+        # the run's outputs are on the page: every figure and the text it printed (but for the
+        # answer and test cells, which show none)
+        release = nbformat.read(ROOT / "notebooks" / name / f"{name}.ipynb", as_version=4)
+        shown_ids = {
+            c.get("id")
+            for c in release.cells
+            if c.cell_type == "code"
+            and not {"solution", "grade"}
+            & {k for k, v in c.metadata.get("nbgrader", {}).items() if v}
+        }
+        executed = nbformat.read(run / f"{name}.ipynb", as_version=4)
+        shown = [c for c in executed.cells if c.get("id") in shown_ids and c.get("outputs")]
+        pngs = sum("image/png" in o.get("data", {}) for c in shown for o in c.outputs)
         soup = BeautifulSoup(page, features="html.parser")
-        outputs = soup.select(".jp-OutputArea-output")
-        assert any(o.find("img", src=re.compile("^data:image/png")) for o in outputs), name
-        assert any(o.find("pre") for o in outputs), name
+        on_page = soup.select(".jp-OutputArea-output img[src^='data:image/png']")
+        assert len(on_page) == pngs, (name, len(on_page), pngs)
+        printed = [
+            line.strip()
+            for c in shown
+            for o in c.outputs
+            if o.output_type == "stream"
+            for line in o.text.splitlines()[:1]
+            if line.strip()
+        ]
+        assert printed and all(line in text for line in printed), name
     assert not leaked, leaked[:10]
 
 
 @pytest.mark.notebooks
 def test_site_search_index_covers_every_page(site):
-    folder, pages = site
+    folder, pages, _ = site
     text = (folder / "search-index.js").read_text(encoding="utf-8")
     entries = json.loads(text.removeprefix("window.KDLIB_SEARCH = ").rstrip().rstrip(";"))
     covered = {e["url"].split("#")[0] for e in entries}
@@ -153,7 +173,7 @@ def test_site_in_a_browser_with_the_network_blocked(site):
     browser_path = _browser()
     if browser_path is None:
         pytest.skip("needs chromium (Debian's package 'chromium') or Chrome (set KDLIB_BROWSER)")
-    folder, pages = site
+    folder, pages, _ = site
     outside = []
 
     def route(request_route):

@@ -95,7 +95,8 @@ def _verdict(run: GradingRun, crun: GradingRun, name: str, course_id: str) -> st
         for student in (SOLUTION, RELEASE):
             try:
                 sub = gb.find_submission(name, student)
-                scores[student] = (sub.score, sub.max_score)
+                # the autograded part: a written answer (graded by hand) scores nothing yet
+                scores[student] = (sub.code_score, sub.max_code_score)
             except MissingEntry:
                 scores[student] = None
     for student, what in ((SOLUTION, "the solution"), (RELEASE, "the untouched release")):
@@ -117,7 +118,10 @@ def _verdict(run: GradingRun, crun: GradingRun, name: str, course_id: str) -> st
             f"the untouched release scored {fmt_score(score)}/{fmt_score(top)} instead of "
             f"{fmt_score(RELEASE_SCORE)}"
         )
-    return f"solution {fmt_score(top)}/{fmt_score(top)}, release 0/{fmt_score(top)}, no flags"
+    return (
+        f"solution {fmt_score(top)}/{fmt_score(top)} autograded, release 0/{fmt_score(top)}, "
+        "no flags"
+    )
 
 
 def _short(text: str, limit: int = 300) -> str:
