@@ -261,7 +261,8 @@ def test_integer_labels_of_any_width_train_and_evaluate(digits, quick_teacher):
         x, y = digits.train.x, digits.train.y.to(dtype)
         loader = TensorLoader(x, y, batch_size=64, shuffle=True, seed=0)
         history = Distiller(student, quick_teacher, lr=3e-3, progress=False, device="cpu").fit(
-            loader, epochs=2)
+            loader, epochs=2
+        )
         metrics = evaluate(student, (digits.val.x, digits.val.y.to(dtype)))
         results.append((history[-1]["train_loss"], metrics["accuracy"]))
     assert results[1] == pytest.approx(results[0]) and results[2] == pytest.approx(results[0])
@@ -300,8 +301,13 @@ def test_every_loss_and_term_checks_the_first_batch_of_a_loader_only():
             RelationTerm("block2", "block2", kind="sp", weight=0.1),
         ]
         teacher = models.SmallCNN(1, 10, width=8, depth=2)
-        kd = Distiller(models.SmallCNN(1, 10, width=4, depth=2), teacher, terms=terms,
-                       device="cpu", progress=False)
+        kd = Distiller(
+            models.SmallCNN(1, 10, width=4, depth=2),
+            teacher,
+            terms=terms,
+            device="cpu",
+            progress=False,
+        )
         loader = data.TensorLoader(x, y, batch_size=16, shuffle=True, seed=0)
         with _Syncs() as counter:
             kd.fit(loader, epochs=epochs)

@@ -91,8 +91,11 @@ RERUN = ["ada", "bob", "leak", "vandal", "dup", "kim"]  # graded again with --jo
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def detached_alive() -> list[int]:
@@ -149,11 +152,21 @@ def write_class(course: Path, subs: Path, out: Path) -> None:
         return folder
 
     def add_cell(nb, source, after=None, cell_type="code"):
-        new = (nbformat.v4.new_code_cell(source) if cell_type == "code"
-               else nbformat.v4.new_markdown_cell(source))
-        index = len(nb.cells) if after is None else next(
-            i for i, c in enumerate(nb.cells)
-            if c.metadata.get("nbgrader", {}).get("grade_id") == after) + 1
+        new = (
+            nbformat.v4.new_code_cell(source)
+            if cell_type == "code"
+            else nbformat.v4.new_markdown_cell(source)
+        )
+        index = (
+            len(nb.cells)
+            if after is None
+            else next(
+                i
+                for i, c in enumerate(nb.cells)
+                if c.metadata.get("nbgrader", {}).get("grade_id") == after
+            )
+            + 1
+        )
         nb.cells.insert(index, new)
 
     def only_add():
@@ -167,7 +180,9 @@ def write_class(course: Path, subs: Path, out: Path) -> None:
     put("bob", A1, rel(A1))
 
     nb = only_add()
-    add_cell(nb, f"""
+    add_cell(
+        nb,
+        f"""
 import os, glob
 for path in glob.glob({str(solutions)!r} + '/*/*.ipynb') + [{str(gradebook)!r}]:
     try:
@@ -180,12 +195,16 @@ for pid in ('1', str(os.getppid())):
     except OSError as err:
         print(err)
 print(sorted(os.environ))
-""", after="square_answer")
+""",
+        after="square_answer",
+    )
     add_cell(nb, "print(In)\nprint(_ih)\nimport linecache\nprint(list(linecache.cache))")
     put("leak", A1, nb)
 
     nb = only_add()
-    add_cell(nb, f"""
+    add_cell(
+        nb,
+        f"""
 import os, sqlite3, subprocess, sys
 try:
     db = sqlite3.connect({str(gradebook)!r})
@@ -199,35 +218,45 @@ for path in [{str(gradebook)!r}]:
     except OSError as err:
         print(err)
 try:
-    with open({str(solutions / A2 / (A2 + '.ipynb'))!r}, 'w') as fh:
+    with open({str(solutions / A2 / (A2 + ".ipynb"))!r}, 'w') as fh:
         fh.write('{{}}')
 except OSError as err:
     print(err)
 code = ("import time\\nfor _ in range(120):\\n    time.sleep(0.5)\\n    try:\\n"
-        "        open({str(out / 'grades.csv')!r}, 'w').write('hacked')\\n"
+        "        open({str(out / "grades.csv")!r}, 'w').write('hacked')\\n"
         "    except OSError:\\n        pass\\n")
 subprocess.Popen([sys.executable, '-c', code, {MARKER!r}], start_new_session=True,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-""", after="add_answer")
+""",
+        after="add_answer",
+    )
     put("vandal", A1, nb)
 
     nb = rel(A1)
-    set_cell(nb, "add_answer", f"""
+    set_cell(
+        nb,
+        "add_answer",
+        f"""
 import json
 try:
-    ada = json.load(open({str(out / 'submitted' / 'ada' / A1 / (A1 + '.ipynb'))!r}))
+    ada = json.load(open({str(out / "submitted" / "ada" / A1 / (A1 + ".ipynb"))!r}))
     for cell in ada['cells']:
         if cell['cell_type'] == 'code' and 'def ' in ''.join(cell['source']):
             exec(''.join(cell['source']))
 except OSError as err:
     print('nothing to copy', err)
-""")
+""",
+    )
     put("copycat", A1, nb)
 
     nb = src(A1)
-    add_cell(nb, '# My notes\n<script>alert("mel")</script>\n<iframe src="https://x.example"></iframe>\n'
-             '[click](javascript:alert("mel2"))\n<img src=x onerror="alert(\'mel3\')">\n'
-             '<a href="jav&#x09;ascript:alert(\'mel4\')">x</a>', cell_type="markdown")
+    add_cell(
+        nb,
+        '# My notes\n<script>alert("mel")</script>\n<iframe src="https://x.example"></iframe>\n'
+        '[click](javascript:alert("mel2"))\n<img src=x onerror="alert(\'mel3\')">\n'
+        "<a href=\"jav&#x09;ascript:alert('mel4')\">x</a>",
+        cell_type="markdown",
+    )
     put(FORMULA_ID, A1, nb)
     put(NEWLINE_ID, A1, src(A1))
 
@@ -237,38 +266,57 @@ except OSError as err:
     (folder / "timestamp.txt").write_text("sometime last tuesday\n", "utf-8")
 
     nb = src(A1)  # an honest cell that needs 4 s to stop after the interrupt
-    add_cell(nb, "import signal, time\n"
-                 "def slow_stop(*args):\n    time.sleep(4)\n    raise KeyboardInterrupt\n"
-                 "signal.signal(signal.SIGINT, slow_stop)\nwhile True:\n    pass")
+    add_cell(
+        nb,
+        "import signal, time\n"
+        "def slow_stop(*args):\n    time.sleep(4)\n    raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGINT, slow_stop)\nwhile True:\n    pass",
+    )
     put("slow", A1, nb)
     put("rex", A1, src(A1))
 
     nb = rel(A1)
-    set_cell(nb, "add_answer", "ip = get_ipython()\n"
-             "ip.input_transformers_cleanup.append(lambda lines: ['pass\\n'])\n"
-             "ip.set_custom_exc((Exception,), lambda *args, **kwargs: None)")
+    set_cell(
+        nb,
+        "add_answer",
+        "ip = get_ipython()\n"
+        "ip.input_transformers_cleanup.append(lambda lines: ['pass\\n'])\n"
+        "ip.set_custom_exc((Exception,), lambda *args, **kwargs: None)",
+    )
     put("xform", A1, nb)
 
     put("ada", A3, src(A3))
     put("bob", A3, rel(A3))
     nb = rel(A3)
-    set_cell(nb, "soft_answer", "def soft_targets(logits, temperature):\n    return logits\n"
-             "torch.allclose = lambda *a, **k: True")
+    set_cell(
+        nb,
+        "soft_answer",
+        "def soft_targets(logits, temperature):\n    return logits\n"
+        "torch.allclose = lambda *a, **k: True",
+    )
     set_cell(nb, "kd_answer", "def distill_loss(*args, **kwargs):\n    return torch.tensor(0.0)")
     put("glen", A3, nb)
     nb = src(A3)
-    set_cell(nb, "kd_answer", "def distill_loss(*args, **kwargs):\n    return torch.tensor(0.0)\n"
-             "kd_loss = distill_loss")
+    set_cell(
+        nb,
+        "kd_answer",
+        "def distill_loss(*args, **kwargs):\n    return torch.tensor(0.0)\nkd_loss = distill_loss",
+    )
     put("kim", A3, nb)
     nb = rel(A3)
-    set_cell(nb, "soft_answer", "import kdlib.losses\nprint(kdlib.losses.__file__)\n"
-             "def soft_targets(logits, temperature):\n    return logits")
+    set_cell(
+        nb,
+        "soft_answer",
+        "import kdlib.losses\nprint(kdlib.losses.__file__)\n"
+        "def soft_targets(logits, temperature):\n    return logits",
+    )
     set_cell(nb, "kd_answer", "def distill_loss(*args, **kwargs):\n    return torch.tensor(0.0)")
     folder = put("shadow", A3, nb)
     (folder / "kdlib").mkdir()
     (folder / "kdlib" / "__init__.py").write_text("", "utf-8")
     (folder / "kdlib" / "losses.py").write_text(
-        "import torch\ndef kd_loss(*args, **kwargs):\n    return torch.tensor(0.0)\n", "utf-8")
+        "import torch\ndef kd_loss(*args, **kwargs):\n    return torch.tensor(0.0)\n", "utf-8"
+    )
 
     (subs / ".dotstudent" / A1).mkdir(parents=True)
     nbformat.write(src(A1), subs / ".dotstudent" / A1 / f"{A1}.ipynb")
@@ -281,8 +329,9 @@ def graded(course, tmp_path_factory):
     subs, out = base / "submissions", base / "out"
     write_class(course, subs, out)
     course_before, subs_before = tree_digest(course), tree_digest(subs)
-    first = kdlib_grade(A1, A3, "--submissions", subs, "--out", out, "--timeout", TIMEOUT,
-                        "--jobs", 2, cwd=course)
+    first = kdlib_grade(
+        A1, A3, "--submissions", subs, "--out", out, "--timeout", TIMEOUT, "--jobs", 2, cwd=course
+    )
     ended = time.monotonic()
     course_after, subs_after = tree_digest(course), tree_digest(subs)
     alive = detached_alive()
@@ -295,25 +344,59 @@ def graded(course, tmp_path_factory):
         for folder in (subs / student).iterdir():
             if folder.is_dir():
                 shutil.copytree(folder, again / student / folder.name)
-    second = kdlib_grade(A1, A3, "--submissions", again, "--out", out, "--timeout", TIMEOUT,
-                         "--jobs", 1, cwd=course, in_process=True)
+    second = kdlib_grade(
+        A1,
+        A3,
+        "--submissions",
+        again,
+        "--out",
+        out,
+        "--timeout",
+        TIMEOUT,
+        "--jobs",
+        1,
+        cwd=course,
+        in_process=True,
+    )
     csv_second = (out / "grades.csv").read_bytes()
 
     resub = base / "resubmitted"  # rex deletes test_square and submits again
     nb = nbformat.read(subs / "rex" / A1 / f"{A1}.ipynb", as_version=4)
-    nb.cells = [c for c in nb.cells
-                if c.metadata.get("nbgrader", {}).get("grade_id") != "test_square"]
+    nb.cells = [
+        c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") != "test_square"
+    ]
     (resub / "rex" / A1).mkdir(parents=True)
     nbformat.write(nb, resub / "rex" / A1 / f"{A1}.ipynb")
-    third = kdlib_grade(A1, A3, "--submissions", resub, "--out", out, "--timeout", TIMEOUT,
-                        "--no-feedback", cwd=course, in_process=True)
+    third = kdlib_grade(
+        A1,
+        A3,
+        "--submissions",
+        resub,
+        "--out",
+        out,
+        "--timeout",
+        TIMEOUT,
+        "--no-feedback",
+        cwd=course,
+        in_process=True,
+    )
     return {
-        "course": course, "subs": subs, "out": out, "first": first, "second": second,
-        "third": third, "csv_first": csv_first, "csv_second": csv_second,
+        "course": course,
+        "subs": subs,
+        "out": out,
+        "first": first,
+        "second": second,
+        "third": third,
+        "csv_first": csv_first,
+        "csv_second": csv_second,
         "rows": list(csv.DictReader(csv_first.decode().splitlines())),
-        "issues": issues_first, "rows_third": read_csv(out / "grades.csv"),
-        "issues_third": read_csv(out / "issues.csv"), "course_before": course_before,
-        "course_after": course_after, "subs_before": subs_before, "subs_after": subs_after,
+        "issues": issues_first,
+        "rows_third": read_csv(out / "grades.csv"),
+        "issues_third": read_csv(out / "issues.csv"),
+        "course_before": course_before,
+        "course_after": course_after,
+        "subs_before": subs_before,
+        "subs_after": subs_after,
         "alive": alive,
     }
 
@@ -326,8 +409,11 @@ def row(rows, student, assignment):
 
 
 def kinds(issues, student, assignment=None):
-    return {i["issue"] for i in issues if i["student"] == student
-            and (assignment is None or i["assignment"] == assignment)}
+    return {
+        i["issue"]
+        for i in issues
+        if i["student"] == student and (assignment is None or i["assignment"] == assignment)
+    }
 
 
 # --------------------------------------------------------------------------- tests
@@ -352,8 +438,11 @@ def test_cheats_and_vandals_are_flagged_for_manual_review(graded):
         assert found & {"manual-review", "tests-tampered"}, (student, found)
     for student in ("ada", "bob", "dup", "rex"):  # honest ones are not
         assert not kinds(graded["issues"], student) & {"manual-review", "tests-tampered"}
-    glen = [i["detail"] for i in graded["issues"] if i["student"] == "glen"
-            and i["issue"] == "tests-tampered"]
+    glen = [
+        i["detail"]
+        for i in graded["issues"]
+        if i["student"] == "glen" and i["issue"] == "tests-tampered"
+    ]
     assert glen and "torch.allclose" in glen[0]
     kim = " ".join(i["detail"] for i in graded["issues"] if i["student"] == "kim")
     assert "kd_loss" in kim
@@ -381,8 +470,14 @@ def test_feedback_shows_no_hidden_test_and_no_live_script(graded):
         for line in hidden:
             assert line not in html_unescape(text), page
         assert "hidden tests: not shown" in text, page
-        for payload in ("<script>alert", "&lt;script&gt;alert", "onerror", "<iframe",
-                        "javascript:alert", "mel4"):
+        for payload in (
+            "<script>alert",
+            "&lt;script&gt;alert",
+            "onerror",
+            "<iframe",
+            "javascript:alert",
+            "mel4",
+        ):
             assert payload not in text, (page, payload)
     leak = (graded["out"] / "feedback" / "leak" / A1 / f"{A1}.html").read_text("utf-8")
     assert "cannot read" in leak  # it tried, and the sandbox said no
@@ -442,10 +537,20 @@ def test_no_sandbox_is_said_on_every_run(course, tmp_path, monkeypatch):
     try:
         (tmp_path / "subs").mkdir()
         messages = []
-        report = grading.grade(tmp_path / "subs", course_dir=course, out=tmp_path / "o",
-                               echo=messages.append)
+        report = grading.grade(
+            tmp_path / "subs", course_dir=course, out=tmp_path / "o", echo=messages.append
+        )
         assert report.sandbox and any("NO SANDBOX" in m for m in messages)
-        assert main(["grade", "--submissions", str(tmp_path / "subs"), "--course-dir",
-                     str(course), "--out", str(tmp_path / "o")]) in (0, 1)
+        assert main(
+            [
+                "grade",
+                "--submissions",
+                str(tmp_path / "subs"),
+                "--course-dir",
+                str(course),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        ) in (0, 1)
     finally:
         sandbox.bwrap_status.cache_clear()

@@ -7,6 +7,7 @@ def softmax_with_temperature(logits, temperature=1.0):
         raise ValueError("temperature must be positive")
     return torch.softmax(logits / temperature, dim=-1)
 
+
 # %% alternative: shift by amax, exp, then an L1 normalisation
 import torch.nn.functional as F
 
@@ -17,16 +18,20 @@ def softmax_with_temperature(logits, temperature=1.0):
     z = logits / temperature
     return F.normalize((z - z.amax(dim=-1, keepdim=True)).exp(), p=1, dim=-1)
 
+
 # %% kdlib: a call to kdlib's function
 def softmax_with_temperature(logits, temperature=1.0):
     return losses.softmax_with_temperature(logits, temperature)
 
+
 # %% kdlib: kdlib's function bound to the answer's name
 softmax_with_temperature = losses.softmax_with_temperature
+
 
 # %% kdlib: kdlib's function kept in a default argument
 def softmax_with_temperature(logits, temperature=1.0, _ref=losses.softmax_with_temperature):
     return _ref(logits, temperature)
+
 
 # %% kdlib: exp of kdlib's log-softmax with temperature
 def softmax_with_temperature(logits, temperature=1.0):
@@ -34,11 +39,13 @@ def softmax_with_temperature(logits, temperature=1.0):
 
     return lsm(logits, temperature).exp()
 
+
 # %% bug: the temperature is ignored
 def softmax_with_temperature(logits, temperature=1.0):
     if temperature <= 0:
         raise ValueError("temperature must be positive")
     return torch.softmax(logits, dim=-1)
+
 
 # %% bug: no max subtracted, large logits overflow to nan
 def softmax_with_temperature(logits, temperature=1.0):
@@ -46,6 +53,7 @@ def softmax_with_temperature(logits, temperature=1.0):
         raise ValueError("temperature must be positive")
     e = torch.exp(logits / temperature)
     return e / e.sum(dim=-1, keepdim=True)
+
 
 # %% bug: a zero temperature is not refused
 def softmax_with_temperature(logits, temperature=1.0):

@@ -9,6 +9,7 @@ def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha
     hard = F.cross_entropy(student_logits, labels)
     return alpha * hard + (1 - alpha) * soft, hard, soft
 
+
 # %% alternative: cross-entropy minus entropy, written out
 def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha=0.7):
     n = student_logits.shape[0]
@@ -20,16 +21,27 @@ def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha
     hard = -log_s[torch.arange(n), labels].mean()
     return alpha * hard + (1 - alpha) * soft, hard, soft
 
+
 # %% kdlib: kdlib's kd_loss with return_parts
 def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha=0.7):
-    return tuple(kd_loss(student_logits, teacher_logits, labels, temperature=temperature,
-                         alpha=alpha, return_parts=True))
+    return tuple(
+        kd_loss(
+            student_logits,
+            teacher_logits,
+            labels,
+            temperature=temperature,
+            alpha=alpha,
+            return_parts=True,
+        )
+    )
+
 
 # %% kdlib: kdlib's hard_loss and soft_loss
 def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha=0.7):
     hard = hard_loss(student_logits, labels)
     soft = soft_loss(student_logits, teacher_logits, temperature)
     return alpha * hard + (1 - alpha) * soft, hard, soft
+
 
 # %% bug: reduction="mean" averages over the classes too
 def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha=0.7):
@@ -39,6 +51,7 @@ def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha
     hard = F.cross_entropy(student_logits, labels)
     return alpha * hard + (1 - alpha) * soft, hard, soft
 
+
 # %% bug: no tau^2
 def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha=0.7):
     log_q = F.log_softmax(student_logits / temperature, dim=1)
@@ -47,6 +60,7 @@ def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha
     hard = F.cross_entropy(student_logits, labels)
     return alpha * hard + (1 - alpha) * soft, hard, soft
 
+
 # %% bug: the teacher is not detached
 def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha=0.7):
     log_q = F.log_softmax(student_logits / temperature, dim=1)
@@ -54,6 +68,7 @@ def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha
     soft = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean") * temperature**2
     hard = F.cross_entropy(student_logits, labels)
     return alpha * hard + (1 - alpha) * soft, hard, soft
+
 
 # %% bug: alpha weights the soft term
 def kd_loss_parts(student_logits, teacher_logits, labels, temperature=4.0, alpha=0.7):

@@ -10,6 +10,7 @@ def distillation_step(student, teacher, optimizer, x, y, temperature=4.0, alpha=
     optimizer.step()
     return loss.detach()
 
+
 # %% alternative: the loss written by hand (labelled samples only in the hard term)
 import torch.nn.functional as F
 
@@ -18,8 +19,15 @@ def distillation_step(student, teacher, optimizer, x, y, temperature=4.0, alpha=
     with torch.no_grad():
         t = teacher(x)
     z = student(x)
-    soft = F.kl_div(F.log_softmax(z / temperature, 1), F.log_softmax(t / temperature, 1),
-                    log_target=True, reduction="batchmean") * temperature**2
+    soft = (
+        F.kl_div(
+            F.log_softmax(z / temperature, 1),
+            F.log_softmax(t / temperature, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * temperature**2
+    )
     mask = y >= 0
     hard = F.cross_entropy(z[mask], y[mask]) if mask.any() else z.sum() * 0.0
     loss = alpha * hard + (1 - alpha) * soft
@@ -28,11 +36,20 @@ def distillation_step(student, teacher, optimizer, x, y, temperature=4.0, alpha=
     optimizer.step()
     return loss.detach()
 
+
 # %% kdlib: one step of kdlib's Distiller
 def distillation_step(student, teacher, optimizer, x, y, temperature=4.0, alpha=0.7):
-    trainer = Distiller(student, teacher, temperature=temperature, alpha=alpha, device="cpu",
-                        optimizer=lambda params: optimizer, progress=False)
+    trainer = Distiller(
+        student,
+        teacher,
+        temperature=temperature,
+        alpha=alpha,
+        device="cpu",
+        optimizer=lambda params: optimizer,
+        progress=False,
+    )
     return torch.as_tensor(trainer.step((x, y))["loss"]).detach()
+
 
 # %% bug: no zero_grad, gradients pile up from one step to the next
 def distillation_step(student, teacher, optimizer, x, y, temperature=4.0, alpha=0.7):
@@ -43,6 +60,7 @@ def distillation_step(student, teacher, optimizer, x, y, temperature=4.0, alpha=
     optimizer.step()
     return loss.detach()
 
+
 # %% bug: alpha and 1 - alpha swapped
 def distillation_step(student, teacher, optimizer, x, y, temperature=4.0, alpha=0.7):
     with torch.no_grad():
@@ -52,6 +70,7 @@ def distillation_step(student, teacher, optimizer, x, y, temperature=4.0, alpha=
     loss.backward()
     optimizer.step()
     return loss.detach()
+
 
 # %% bug: no optimizer step
 def distillation_step(student, teacher, optimizer, x, y, temperature=4.0, alpha=0.7):

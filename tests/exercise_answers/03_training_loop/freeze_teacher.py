@@ -16,18 +16,21 @@ def freeze_teacher(model):
         module.train = types.MethodType(_no_train, module)
     return model
 
+
 # %% alternative: a per-module closure
 def freeze_teacher(model):
     for m in model.modules():
         m.training = False
         for p in m.parameters(recurse=False):
             p.requires_grad = False
-        m.train = (lambda module: (lambda mode=True: module))(m)
+        m.train = (lambda module: lambda mode=True: module)(m)
     return model
+
 
 # %% kdlib: a call to kdlib's freeze
 def freeze_teacher(model):
     return freeze(model)
+
 
 # %% kdlib: kdlib's freeze under another name
 freeze_teacher = freeze
@@ -43,12 +46,14 @@ def freeze_teacher(model):
         m.train = types.MethodType(kdlib.distill.stay_in_eval, m)
     return model
 
+
 # %% bug: eval and requires_grad only, a parent's .train() unfreezes it
 def freeze_teacher(model):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
 
 # %% bug: gradients still on
 def freeze_teacher(model):

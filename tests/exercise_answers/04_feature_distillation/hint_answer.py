@@ -15,6 +15,7 @@ class MyHint(nn.Module):
             s = F.avg_pool2d(s, k)
         return ((s - target) ** 2).mean()
 
+
 # %% kdlib: forward calls kdlib's hint_loss
 class MyHint(nn.Module):
     def __init__(self, student_channels, teacher_channels):
@@ -23,6 +24,7 @@ class MyHint(nn.Module):
 
     def forward(self, student_feature, teacher_feature):
         return hint_loss(student_feature, teacher_feature, self.adapter)
+
 
 # %% kdlib: kdlib's loss function kept as a class attribute
 import kdlib.features
@@ -38,6 +40,7 @@ class MyHint(nn.Module):
     def forward(self, student_feature, teacher_feature):
         return self.loss(student_feature, teacher_feature, self.adapter)
 
+
 # %% bug: the teacher's feature is not detached
 class MyHint(nn.Module):
     def __init__(self, student_channels, teacher_channels):
@@ -48,6 +51,7 @@ class MyHint(nn.Module):
         s = F.adaptive_avg_pool2d(self.adapter(student_feature), teacher_feature.shape[-2:])
         return F.mse_loss(s, teacher_feature)
 
+
 # %% bug: summed instead of averaged
 class MyHint(nn.Module):
     def __init__(self, student_channels, teacher_channels):
@@ -57,6 +61,7 @@ class MyHint(nn.Module):
     def forward(self, student_feature, teacher_feature):
         s = F.adaptive_avg_pool2d(self.adapter(student_feature), teacher_feature.shape[-2:])
         return F.mse_loss(s, teacher_feature.detach(), reduction="sum")
+
 
 # %% bug: a 3x3 adapter
 class MyHint(nn.Module):

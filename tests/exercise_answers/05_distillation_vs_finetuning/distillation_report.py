@@ -18,6 +18,7 @@ def distillation_report(student, teacher, baseline):
         gain_over_baseline=float(student["accuracy"]) - float(baseline["accuracy"]),
     )
 
+
 # %% bug: the accuracy ratio upside down
 def distillation_report(student, teacher, baseline):
     if student["teacher_batches"] <= 0:
@@ -31,6 +32,7 @@ def distillation_report(student, teacher, baseline):
         "gain_over_baseline": student["accuracy"] - baseline["accuracy"],
     }
 
+
 # %% bug: any baseline accepted (the large model trained from scratch passes)
 def distillation_report(student, teacher, baseline):
     if student["teacher_batches"] <= 0:
@@ -41,6 +43,7 @@ def distillation_report(student, teacher, baseline):
         "speedup": teacher["latency_ms"] / student["latency_ms"],
         "gain_over_baseline": student["accuracy"] - baseline["accuracy"],
     }
+
 
 # %% bug: the gain is measured against the teacher
 def distillation_report(student, teacher, baseline):

@@ -6,12 +6,15 @@
 # %% alternative: find the last Linear among the head's modules by name, setattr on its parent
 def replace_head(model, num_classes):
     new = copy.deepcopy(model)
-    name = [n for n, m in new.named_modules() if n.startswith("head") and isinstance(m, nn.Linear)][-1]
+    name = [n for n, m in new.named_modules() if n.startswith("head") and isinstance(m, nn.Linear)][
+        -1
+    ]
     parent_name, _, child = name.rpartition(".")
     parent = new.get_submodule(parent_name)
     old = getattr(parent, child)
     setattr(parent, child, nn.Linear(old.in_features, num_classes))
     return new
+
 
 # %% bug: no copy, the pre-trained model is changed
 def replace_head(model, num_classes):
@@ -20,6 +23,7 @@ def replace_head(model, num_classes):
     else:
         model.head[-1] = nn.Linear(model.head[-1].in_features, num_classes)
     return model
+
 
 # %% bug: the whole head replaced, SmallCNN's dropout lost and head[-1] gone
 def replace_head(model, num_classes):

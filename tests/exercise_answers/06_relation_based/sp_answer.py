@@ -11,6 +11,7 @@ def sp_loss(student_feature, teacher_feature):
     n = student_feature.shape[0]
     return F.mse_loss(sp_gram(student_feature), sp_gram(teacher_feature), reduction="sum") / n**2
 
+
 # %% kdlib: kdlib's similarity_matrix and similarity_preserving_loss
 def sp_gram(feature):
     return similarity_matrix(feature)
@@ -18,6 +19,7 @@ def sp_gram(feature):
 
 def sp_loss(student_feature, teacher_feature):
     return similarity_preserving_loss(student_feature, teacher_feature)
+
 
 # %% bug: the columns normalised instead of the rows
 def sp_gram(feature):
@@ -28,6 +30,7 @@ def sp_gram(feature):
 def sp_loss(student_feature, teacher_feature):
     n = student_feature.shape[0]
     return (sp_gram(student_feature) - sp_gram(teacher_feature)).pow(2).sum() / n**2
+
 
 # %% bug: divided by N instead of N^2
 def sp_gram(feature):

@@ -9,9 +9,11 @@ def bane_log_probs(logits_list):
     stacked = torch.stack(list(logits_list)).float().log_softmax(dim=-1)
     return stacked.logsumexp(dim=0) - math.log(len(logits_list))
 
+
 # %% kdlib: kdlib's combine_logits at tau = 1
 def bane_log_probs(logits_list):
     return combine_logits(logits_list, temperature=1.0)
+
 
 # %% kdlib: kdlib's log-space ensemble (log_ensemble_targets)
 from kdlib.multi_teacher import log_ensemble_targets
@@ -20,9 +22,11 @@ from kdlib.multi_teacher import log_ensemble_targets
 def bane_log_probs(logits_list):
     return log_ensemble_targets(logits_list, 1.0, None, "max_prob")
 
+
 # %% bug: the logits averaged instead of the probabilities
 def bane_log_probs(logits_list):
     return torch.log_softmax(torch.stack(logits_list).mean(0), dim=-1)
+
 
 # %% bug: log of the mean probability, -inf when a probability underflows
 def bane_log_probs(logits_list):

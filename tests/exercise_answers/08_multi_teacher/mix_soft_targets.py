@@ -11,20 +11,28 @@ def mix_soft_targets(teacher_logits, temperature, weights=None):
         mixed = mixed + (w / total) * torch.softmax(z / temperature, dim=1)
     return mixed
 
+
 # %% kdlib: kdlib's ensemble_soft_targets
 def mix_soft_targets(teacher_logits, temperature, weights=None):
     return ensemble_soft_targets(teacher_logits, temperature, weights)
+
 
 # %% kdlib: softmax of kdlib's combined logits
 def mix_soft_targets(teacher_logits, temperature, weights=None):
     return torch.softmax(combine_logits(teacher_logits, temperature, weights) / temperature, dim=1)
 
+
 # %% bug: the weights are not normalised
 def mix_soft_targets(teacher_logits, temperature, weights=None):
     k = len(teacher_logits)
-    w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    w = (
+        torch.full((k,), 1.0 / k)
+        if weights is None
+        else torch.as_tensor(weights, dtype=torch.float32)
+    )
     probs = torch.stack([torch.softmax(z / temperature, dim=1) for z in teacher_logits])
     return (w[:, None, None] * probs).sum(0)
+
 
 # %% bug: the temperature is ignored
 def mix_soft_targets(teacher_logits, temperature, weights=None):

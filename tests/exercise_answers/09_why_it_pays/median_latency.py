@@ -19,10 +19,13 @@ def median_latency(model, x, repeats=20):
     mid = len(times) // 2
     return float(times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2)
 
+
 # %% kdlib: kdlib's measure_latency
 def median_latency(model, x, repeats=20):
-    return measure_latency(model, tuple(x.shape[1:]), x.shape[0], repeats=repeats, warmup=1,
-                           device="cpu")
+    return measure_latency(
+        model, tuple(x.shape[1:]), x.shape[0], repeats=repeats, warmup=1, device="cpu"
+    )
+
 
 # %% bug: the mean, which one slow call drags up
 def median_latency(model, x, repeats=20):
@@ -38,6 +41,7 @@ def median_latency(model, x, repeats=20):
     model.train(was)
     return sum(times) / len(times)
 
+
 # %% bug: the model is left in eval mode
 def median_latency(model, x, repeats=20):
     import statistics
@@ -51,6 +55,7 @@ def median_latency(model, x, repeats=20):
             model(x)
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
 
 # %% bug: no warm-up call
 def median_latency(model, x, repeats=20):

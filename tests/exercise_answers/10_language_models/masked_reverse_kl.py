@@ -8,6 +8,7 @@ def masked_reverse_kl(student_logits, teacher_logits, mask):
     per_token = F.kl_div(log_p_t, log_p_s, log_target=True, reduction="none").sum(-1)
     return per_token.masked_select(mask).sum() / max(int(mask.sum()), 1)
 
+
 # %% alternative: a loop over the positions, logsumexp by hand
 def masked_reverse_kl(student_logits, teacher_logits, mask):
     total, count = torch.zeros(()), 0
@@ -20,9 +21,11 @@ def masked_reverse_kl(student_logits, teacher_logits, mask):
                 count += 1
     return total / count if count else total
 
+
 # %% kdlib: kdlib's token_kd_loss with the reverse divergence
 def masked_reverse_kl(student_logits, teacher_logits, mask):
     return token_kd_loss(student_logits, teacher_logits, mask, divergence="reverse")
+
 
 # %% bug: the forward KL, KL(p_T || p_S)
 def masked_reverse_kl(student_logits, teacher_logits, mask):
@@ -31,11 +34,13 @@ def masked_reverse_kl(student_logits, teacher_logits, mask):
     per_token = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
     return (per_token * mask).sum() / mask.sum().clamp_min(1)
 
+
 # %% bug: the mean over every position, masked ones counted as zeros
 def masked_reverse_kl(student_logits, teacher_logits, mask):
     log_p_s = F.log_softmax(student_logits, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.detach(), dim=-1)
     return ((log_p_s.exp() * (log_p_s - log_p_t)).sum(-1) * mask).mean()
+
 
 # %% bug: log of the softmax (nan once a probability underflows)
 def masked_reverse_kl(student_logits, teacher_logits, mask):
@@ -44,6 +49,7 @@ def masked_reverse_kl(student_logits, teacher_logits, mask):
     per_token = (p_s * (p_s.log() - p_t.log())).sum(-1)
     return (per_token * mask).sum() / mask.sum().clamp_min(1)
 
+
 # %% bug: the teacher is not detached
 def masked_reverse_kl(student_logits, teacher_logits, mask):
     log_p_s = F.log_softmax(student_logits, dim=-1)
@@ -51,11 +57,13 @@ def masked_reverse_kl(student_logits, teacher_logits, mask):
     per_token = (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1)
     return (per_token * mask).sum() / mask.sum().clamp_min(1)
 
+
 # %% bug: no unmasked position gives nan instead of 0
 def masked_reverse_kl(student_logits, teacher_logits, mask):
     log_p_s = F.log_softmax(student_logits, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.detach(), dim=-1)
     return (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1)[mask].mean()
+
 
 # %% bug: the mean per sentence, then the mean over sentences (short sentences weigh more)
 def masked_reverse_kl(student_logits, teacher_logits, mask):

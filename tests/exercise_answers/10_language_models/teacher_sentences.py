@@ -22,6 +22,7 @@ def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
             masks.append(keep)
     return torch.tensor(rows, dtype=torch.long), torch.tensor(masks, dtype=torch.bool)
 
+
 # %% alternative: a preallocated tensor, the mask built while sampling
 def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
     teacher.eval()
@@ -38,10 +39,12 @@ def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
             alive = alive & (nxt != eos)
     return tokens, mask
 
+
 # %% kdlib: kdlib's sequence_kd_dataset
 def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
     prompts = torch.full((n, 1), bos, dtype=torch.long)
     return sequence_kd_dataset(teacher, prompts, length - 1, eos, pad, generator=generator)
+
 
 # %% bug: the most likely token instead of a sample
 def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
@@ -56,6 +59,7 @@ def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
     e = (tokens[:, 1:] == eos).long()
     return tokens, (e.cumsum(1) - e) == 0
 
+
 # %% bug: no padding after eos
 def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
     tokens = torch.full((n, 1), bos, dtype=torch.long)
@@ -66,6 +70,7 @@ def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
             tokens = torch.cat([tokens, nxt], 1)
     e = (tokens[:, 1:] == eos).long()
     return tokens, (e.cumsum(1) - e) == 0
+
 
 # %% bug: the logits of the first position instead of the last
 def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
@@ -81,6 +86,7 @@ def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
     e = (tokens[:, 1:] == eos).long()
     return tokens, (e.cumsum(1) - e) == 0
 
+
 # %% bug: the mask leaves out the eos itself
 def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
     tokens = torch.full((n, 1), bos, dtype=torch.long)
@@ -93,6 +99,7 @@ def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
             done |= nxt == eos
             tokens = torch.cat([tokens, nxt[:, None]], 1)
     return tokens, (tokens[:, 1:] == eos).long().cumsum(1) == 0
+
 
 # %% bug: the teacher left in train mode (its dropout samples from another model)
 def teacher_sentences(teacher, n, length, bos, eos, pad, generator=None):
