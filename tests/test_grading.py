@@ -564,6 +564,19 @@ def released_course_assignments() -> list[str]:
     )
 
 
+def _solution_and_release(names, subs: Path) -> Path:
+    """Submissions of the real assignments ``names``: the solution as student ada's, the
+    untouched release as bob's."""
+    for name in names:
+        for student, folder in (("ada", "solutions"), ("bob", "notebooks")):
+            shutil.copytree(
+                REPO / folder / name,
+                subs / student / name,
+                ignore=shutil.ignore_patterns(".ipynb_checkpoints"),
+            )
+    return subs
+
+
 @pytest.mark.slow
 @pytest.mark.notebooks
 def test_real_course_assignments_solution_full_release_zero(tmp_path):
@@ -573,14 +586,7 @@ def test_real_course_assignments_solution_full_release_zero(tmp_path):
     names = released_course_assignments()[:2]
     if len(names) < 2:
         pytest.skip("fewer than two course assignments are released in notebooks/ yet")
-    subs = tmp_path / "subs"
-    for name in names:
-        for student, folder in (("ada", "solutions"), ("bob", "notebooks")):
-            shutil.copytree(
-                REPO / folder / name,
-                subs / student / name,
-                ignore=shutil.ignore_patterns(".ipynb_checkpoints"),
-            )
+    subs = _solution_and_release(names, tmp_path / "subs")
     out = tmp_path / "out"
     run = kdlib_grade(
         *names,
@@ -618,14 +624,7 @@ def test_the_courses_own_code_raises_no_issue_on_any_notebook(tmp_path):
     names = released_course_assignments()
     if not names:
         pytest.skip("no course assignment is released in notebooks/ yet")
-    subs = tmp_path / "subs"
-    for name in names:
-        for student, folder in (("ada", "solutions"), ("bob", "notebooks")):
-            shutil.copytree(
-                REPO / folder / name,
-                subs / student / name,
-                ignore=shutil.ignore_patterns(".ipynb_checkpoints"),
-            )
+    subs = _solution_and_release(names, tmp_path / "subs")
     out = tmp_path / "out"
     run = kdlib_grade(
         *names,

@@ -63,7 +63,9 @@ def _names(tree) -> tuple[set[str], set[str]]:
     return read, mentioned
 
 
-def _parse(source: str):
+def parse_cell(source: str):
+    """A code cell's syntax tree (its shell escapes ``!cmd`` and magics ``%x`` blanked), or
+    ``None`` when it does not parse."""
     code = "\n".join("" if re.match(r"^\s*[!%]", line) else line for line in source.splitlines())
     try:
         return ast.parse(code)
@@ -81,7 +83,7 @@ def cells_to_skip(cells, released) -> set[int]:
         cell = cells[index]
         if cell.get("cell_type") != "code" or not cell.get("source", "").strip():
             continue
-        tree = _parse(cell.get("source", ""))
+        tree = parse_cell(cell.get("source", ""))
         opaque = (
             tree is None
             or _OPAQUE.search(cell.get("source", ""))

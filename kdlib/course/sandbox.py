@@ -49,6 +49,7 @@ import sys
 from pathlib import Path
 
 from kdlib.course.guard import setup_code as guard_setup_code
+from kdlib.course.needed import parse_cell
 
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 HIDDEN_NOTICE = "# (hidden tests: not shown in the feedback; their result counts in the points)"
@@ -554,14 +555,6 @@ def _bound_names(tree, imports: bool = True, assignments: bool = True) -> set[st
     return names
 
 
-def _parse(source: str):
-    code = "\n".join("" if re.match(r"^\s*[!%]", line) else line for line in source.splitlines())
-    try:
-        return ast.parse(code)
-    except SyntaxError:
-        return None
-
-
 def scan_cells(nb, released=()) -> list[str]:
     """Reasons to look at a submission by hand, one per student cell that does something a
     notebook answer has no need to (see ``_REACH``), or that rebinds a name a locked cell bound
@@ -575,7 +568,7 @@ def scan_cells(nb, released=()) -> list[str]:
         if cell.get("cell_type") != "code":
             continue
         source = cell.get("source", "")
-        tree = _parse(source)
+        tree = parse_cell(source)
         name = _nbgrader_meta(cell).get("grade_id") or f"cell {index}"
         if is_locked(cell):
             if tree is not None:  # what the guard rebinds: functions, classes, modules
