@@ -167,3 +167,28 @@ def test_memory_and_file_limits_are_reported_and_scored_0(course, tmp_path):
     with Gradebook(f"sqlite:///{out / 'gradebook.db'}", "kd-course") as gb:
         hog = gb.find_submission(A1, "hog")
         assert hog.needs_manual_grade and hog.score == 0
+
+
+def test_limits_are_set_on_the_kernel_alone():
+    """The prefix put before a kernel's command sets the two limits in that process and runs
+    the command; the grader's own process keeps its limits (a forked grader may already hold
+    more memory than a submission is allowed)."""
+    import resource
+    import subprocess
+    import sys
+
+    from kdlib.course.limits import limited_command
+
+    show = (
+        "import resource as r; print(r.getrlimit(r.RLIMIT_DATA)[0], r.getrlimit(r.RLIMIT_FSIZE)[0])"
+    )
+    before = (resource.getrlimit(resource.RLIMIT_DATA), resource.getrlimit(resource.RLIMIT_FSIZE))
+    cmd = limited_command([sys.executable, "-c", show], 1 << 30, 2 << 20)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={"PATH": ""})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(1 << 30), str(2 << 20)]
+    assert (
+        resource.getrlimit(resource.RLIMIT_DATA),
+        resource.getrlimit(resource.RLIMIT_FSIZE),
+    ) == before
+    assert limited_command(["python", "-m", "ipykernel"], None, 0) == ["python", "-m", "ipykernel"]

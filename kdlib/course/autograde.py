@@ -9,8 +9,8 @@ The steps, for one run (:class:`kdlib.course.grade.GradingRun`):
 2. :func:`prepare_submission`: import it, report its edited or deleted locked cells, its
    duplicated cells, bad timestamp and suspicious cells (``manual-review``), lay out its folder;
 3. :func:`autograde_all`: ``--jobs`` processes at a time (forked: nbgrader is imported once),
-   each under ``RLIMIT_DATA`` and ``RLIMIT_FSIZE`` (:func:`set_resource_limits`), killed with
-   its kernel past a deadline; as each ends, its grades are merged (only the grader writes the
+   its kernel under ``RLIMIT_DATA`` and ``RLIMIT_FSIZE`` (:mod:`kdlib.course.limits`), killed
+   with its kernel past a deadline; as each ends, its grades are merged (only the grader writes the
    course's gradebook) and its feedback is generated.
 """
 
@@ -274,8 +274,9 @@ def _threads_per_job(jobs: int) -> dict[str, str]:
 
 def _child_main(run: GradingRun, job: Job, threads: dict[str, str]) -> None:
     """Entry point of a submission's process: its share of the threads, its own process
-    group, the memory and file-size limits (inherited by the kernel), then autograding."""
-    from kdlib.course.sandbox import kdlib_path_entry
+    group, the memory and file-size limits of its kernel, then autograding."""
+    from kdlib.course.limits import set_resource_limits
+    from kdlib.course.sandbox import SandboxedKernelManager, kdlib_path_entry
 
     os.environ.update(threads)
     os.environ["PYTHONSAFEPATH"] = "1"  # a kernel outside bubblewrap: cwd not on sys.path
@@ -286,24 +287,11 @@ def _child_main(run: GradingRun, job: Job, threads: dict[str, str]) -> None:
         os.setpgrp()  # its kernel (and anything left outside a sandbox) is one group
     except OSError:
         pass
-    set_resource_limits(run.memory_limit, run.file_limit)
+    if not run.sandbox:  # bubblewrap works: the limits go on the kernel alone (kdlib.course.limits)
+        SandboxedKernelManager.limits = (run.memory_limit, run.file_limit)
+    else:  # no sandbox: on this process, and so on the kernel it starts
+        set_resource_limits(run.memory_limit, run.file_limit)
     _child_autograde(run, job)
-
-
-def set_resource_limits(memory: int | None, files: int | None) -> None:
-    """Limit this process and those it starts (the kernel): ``memory`` bytes of data (heap and
-    private mappings, ``RLIMIT_DATA``: an allocation past it fails with a MemoryError) and
-    ``files`` bytes per file written (``RLIMIT_FSIZE``: a write past it fails with
-    ``OSError: File too large``). None or 0: no limit. Not on Windows."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return
-    for kind, value in ((resource.RLIMIT_DATA, memory), (resource.RLIMIT_FSIZE, files)):
-        if value:
-            hard = resource.getrlimit(kind)[1]
-            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-            resource.setrlimit(kind, (value, value))  # hard too: the kernel cannot raise it
 
 
 def _child_autograde(run: GradingRun, job: Job) -> None:

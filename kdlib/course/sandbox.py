@@ -49,6 +49,7 @@ import sys
 from pathlib import Path
 
 from kdlib.course.guard import setup_code as guard_setup_code
+from kdlib.course.limits import limited_command
 from kdlib.course.needed import parse_cell
 
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -292,6 +293,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     hidden: list[Path] = []
     ipc_dir: Path | None = None
     tmp_size: int | None = None  # bytes of /tmp and /dev/shm in the sandbox
+    limits: tuple = (None, None)  # the kernel's memory and file-size limits (kdlib.course.limits)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -303,6 +305,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     async def _async_pre_start_kernel(self, **kw):
         cwd = Path(kw.get("cwd") or os.getcwd()).resolve()
         kernel_cmd, kw = await super()._async_pre_start_kernel(**kw)
+        kernel_cmd = limited_command(kernel_cmd, *self.limits)
         env = kw.get("env") or os.environ
         log = open(self.ipc_dir / "kernel.log", "ab")  # noqa: SIM115 - the kernel's lifetime
         kw.update(stdout=log, stderr=log)
