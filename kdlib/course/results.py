@@ -24,8 +24,6 @@ import json
 import math
 import numbers
 import os
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
 
 __all__ = [
@@ -34,7 +32,6 @@ __all__ = [
     "load_results",
     "load_claims",
     "load_full_mode",
-    "store_full_mode",
 ]
 
 EXPECTED = ("greater", "less", "no-difference")
@@ -148,10 +145,11 @@ def load_claims(path: str | Path) -> list[dict]:
 
 
 def load_full_mode(notebook: str, folder: str | Path | None = None) -> dict | None:
-    """The full-mode record of ``notebook`` stored by :func:`store_full_mode`, or ``None``.
+    """The full-mode record of ``notebook``, or ``None`` when there is none.
 
-    A record is ``{"notebook", "figures", "date", "machine", "command"}``: the headline figures
-    that ``kdlib course run --full --only NN`` made on that date, on that machine. Notebooks
+    A record (``kdlib.course.records``, made by ``kdlib course run --full --record``) is the
+    notebook's full-mode results (``figures``, ``claims``) with ``date``, ``machine``,
+    ``command``, ``seconds`` and the digests of the notebook and the library that made it. Notebooks
     show them beside the figures of the run the reader just made, so that a sentence about a
     result that only full mode shows can be written conditionally and still be checked.
     ``folder`` defaults to the repository's ``data/full_mode`` (``$KDLIB_FULL_MODE`` overrides).
@@ -161,31 +159,3 @@ def load_full_mode(notebook: str, folder: str | Path | None = None) -> dict | No
     if not path.is_file():
         return None
     return json.loads(path.read_text())
-
-
-def store_full_mode(
-    results_file: str | Path, command: str, folder: str | Path | None = None
-) -> Path:
-    """Copy a full-mode ``results/<notebook>.json`` into ``data/full_mode`` with its provenance.
-
-    ``results_file`` is what ``kdlib course run --full --only NN --out DIR`` wrote
-    (``DIR/results/<notebook>.json``); ``command`` the command line that made it. Adds the date
-    (UTC), the machine (CPU, cores, OS, torch and CUDA device) and the command.
-    """
-    import torch
-
-    payload = json.loads(Path(results_file).read_text())
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
-    payload.update(
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        machine=(
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-            f"{platform.system()} {platform.release()}, torch {torch.__version__}, {device}"
-        ),
-        command=command,
-    )
-    folder = Path(folder or FULL_MODE_DIR)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{payload['notebook']}.json"
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    return path

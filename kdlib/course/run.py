@@ -787,6 +787,14 @@ def add_arguments(parser: argparse.ArgumentParser, path=("course", "run")) -> No
         action="store_false",
         help="no progress bar (the per-notebook lines are still printed)",
     )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="with --full: store each notebook that ran as its full-mode record in "
+        "data/full_mode/ beside the source folder ($KDLIB_FULL_MODE overrides), stamped with "
+        "the digests of the notebook and of kdlib (the course's own settings only: no --seed, "
+        "--dataset, --epochs, --n-seeds or -p)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -805,6 +813,11 @@ def main(args: argparse.Namespace) -> int:
     } | set(extra)
     source = Path(args.source) if args.source else find_repo_root() / "solutions"
     timeout = args.timeout
+    if args.record:
+        refused = _record_refused(args, explicit, set(extra))
+        if refused:
+            print(f"kdlib course run: --record {refused}", file=sys.stderr)
+            return 2
     try:
         run = run_course(
             source,
@@ -837,4 +850,38 @@ def main(args: argparse.Namespace) -> int:
         return 130
     counts = ", ".join(f"{n} {status}" for status, n in run.counts().items())
     print(f"{'ok' if run.ok else 'FAILED'}: {counts}. Report: {Path(run.out) / 'index.html'}")
+    if args.record:
+        _store_records(run, args)
     return 0 if run.ok else 1
+
+
+def _record_refused(args: argparse.Namespace, explicit: set[str], params: set[str]) -> str | None:
+    """Why ``--record`` cannot be used with these flags (``None`` when it can)."""
+    if args.fast:
+        return "stores full-mode records: add --full"
+    changed = sorted(explicit - {"device"})
+    if changed:
+        flags = ", ".join(f"-p {n}" if n in params else "--" + n.replace("_", "-") for n in changed)
+        return (
+            f"stores the course's own full mode: run it without {flags} "
+            "(a record made with other settings would be shown as the course's)"
+        )
+    return None
+
+
+def _store_records(run: CourseRun, args: argparse.Namespace) -> None:
+    """Store every notebook of ``run`` that ran as its full-mode record; say which did not."""
+    from kdlib.course.records import store_full_mode
+
+    command = "kdlib course run --full --record"
+    if args.only:
+        command += f" --only {args.only}"
+    if args.device:
+        command += f" --device {args.device}"
+    for nb in run.notebooks:
+        results_file = Path(run.out) / "results" / f"{nb.name}.json"
+        if nb.ok and results_file.is_file():
+            path = store_full_mode(results_file, nb.source, command, seconds=nb.seconds)
+            print(f"recorded {nb.name}: {path}")
+        else:
+            print(f"NOT recorded {nb.name}: it {nb.status}", file=sys.stderr)
