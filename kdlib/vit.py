@@ -23,10 +23,13 @@ Output convention (the one DeiT's code uses):
 
 ``model(x, return_features=True)`` returns ``(logits, features)`` with the hidden states
 ``block1 .. blockD`` ``(N, T, dim)`` (``T`` tokens: the class token, the distillation token if
-any, then the patches), as the other kdlib models do; ``feature_names`` lists them, so
-``kdlib.features.FeatureTaps`` taps the same names. :meth:`ViT.patch_map` turns a hidden state's
-patch tokens into a feature map for :func:`kdlib.features.hint_loss` (feature distillation of
-hidden states, as TinyBERT does with its hidden-state loss).
+any, then the patches), as the other kdlib models do, and ``grid``: the last hidden state's
+patch tokens as a feature map ``(N, dim, g, g)``, ``g = image_size / patch_size``;
+``feature_names`` lists them, so ``kdlib.features.FeatureTaps`` taps the same names.
+:meth:`ViT.patch_map` turns any hidden state's patch tokens into such a map. A map is what
+:func:`kdlib.features.hint_loss` and attention transfer take, so a transformer student's hidden
+states can be matched with a CNN teacher's feature maps (feature distillation of hidden states,
+as TinyBERT does with its hidden-state loss).
 """
 
 from __future__ import annotations
@@ -92,6 +95,20 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
+class _PatchGrid(nn.Module):
+    """The patch tokens of a hidden state ``(N, prefix + g * g, dim)`` as a map ``(N, dim, g, g)``."""
+
+    def __init__(self, num_prefix: int, grid: int):
+        super().__init__()
+        self.num_prefix, self.grid = num_prefix, grid
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        patches = hidden[:, self.num_prefix :]  # (N, g * g, dim)
+        return patches.transpose(1, 2).reshape(
+            hidden.shape[0], hidden.shape[2], self.grid, self.grid
+        )
+
+
 class ViT(nn.Module):
     """A small vision transformer for ``(N, in_channels, image_size, image_size)`` images.
 
@@ -110,7 +127,9 @@ class ViT(nn.Module):
     Attributes:
         head: the class head ``nn.Linear(dim, num_classes)`` on the class token.
         head_dist: the distillation head on the distillation token (``None`` without one).
-        feature_names: ``("block1", ..., "blockD")``.
+        feature_names: ``("block1", ..., "blockD", "grid")``: the hidden states, then the last
+            one's patch tokens as a map ``(N, dim, g, g)`` (:meth:`patch_map`), which feature
+            terms that take maps (FitNets hints, attention transfer) match with a CNN's.
     """
 
     def __init__(
@@ -157,7 +176,9 @@ class ViT(nn.Module):
         self.drop = nn.Dropout(dropout)
         for k in range(1, depth + 1):
             setattr(self, f"block{k}", _EncoderBlock(dim, heads, mlp_ratio, dropout))
-        self.feature_names = tuple(f"block{k}" for k in range(1, depth + 1))
+        self.blocks = tuple(f"block{k}" for k in range(1, depth + 1))
+        self.grid = _PatchGrid(self.num_prefix, image_size // patch_size)
+        self.feature_names = self.blocks + ("grid",)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         self.head_dist = nn.Linear(dim, num_classes) if distillation else None
@@ -190,9 +211,10 @@ class ViT(nn.Module):
     def forward(self, x: torch.Tensor, return_features: bool = False, return_heads: bool = False):
         h = self.tokens(x)
         features = OrderedDict()
-        for name in self.feature_names:
+        for name in self.blocks:
             h = getattr(self, name)(h)
             features[name] = h
+        features["grid"] = self.grid(h)  # a view of the patch tokens, for feature terms
         h = self.norm(h)
         logits = self.head(h[:, 0])
         if self.head_dist is not None:
@@ -219,8 +241,7 @@ class ViT(nn.Module):
                 f"hidden must be a hidden state (N, {self.num_prefix + g * g}, dim) of this ViT, "
                 f"got shape {tuple(hidden.shape)}"
             )
-        patches = hidden[:, self.num_prefix :]  # (N, g * g, dim)
-        return patches.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[2], g, g)
+        return self.grid(hidden)
 
     def extra_repr(self) -> str:
         return (

@@ -34,11 +34,17 @@ def test_features_are_the_hidden_states_and_taps_see_them():
     model = ViT(depth=3, distillation=True).eval()
     x = torch.randn(2, 1, 8, 8)
     logits, features = model(x, return_features=True)
-    assert list(features) == ["block1", "block2", "block3"] == list(model.feature_names)
+    names = ["block1", "block2", "block3", "grid"]
+    assert list(features) == names == list(model.feature_names)
     assert features["block3"].shape == (2, 2 + 4, 32)
-    with FeatureTaps(model, ["block2"]) as taps:
+    # the grid is the last hidden state's patch tokens, token (i, j) at pixel (i, j) of the map
+    assert features["grid"].shape == (2, 32, 2, 2)
+    assert torch.equal(features["grid"][1, :, 1, 0], features["block3"][1, 2 + 2])
+    assert torch.equal(features["grid"], model.patch_map(features["block3"]))
+    with FeatureTaps(model, ["block2", "grid"]) as taps:
         model(x)
         assert torch.allclose(taps["block2"], features["block2"])
+        assert torch.allclose(taps["grid"], features["grid"])
 
 
 def test_the_class_token_sees_every_patch():
