@@ -96,7 +96,7 @@ def _positive_int(value, name: str) -> int:
 
 
 class _PatchGrid(nn.Module):
-    """The patch tokens of a hidden state ``(N, prefix + g * g, dim)`` as a map ``(N, dim, g, g)``."""
+    """Patch tokens of a hidden state ``(N, prefix + g * g, dim)`` as a map ``(N, dim, g, g)``."""
 
     def __init__(self, num_prefix: int, grid: int):
         super().__init__()
