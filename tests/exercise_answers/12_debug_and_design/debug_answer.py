@@ -3,8 +3,18 @@
 # Each `bug` is the fixed loop with one of the six planted bugs put back.
 
 # %% alternative: the KL written out, autograd.grad and a manual SGD update, the teacher detached
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
     params = list(student.parameters())
     teacher.requires_grad_(False)
     teacher.eval()
@@ -36,8 +46,18 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
 
 
 # %% alternative: a tensor cache filled in the first epoch, log_target=True with reduction='sum' / B
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     store = None
     losses = []
@@ -57,8 +77,12 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
                         store = torch.zeros(len(loader.y), teacher_logits.shape[1])
                     store[index] = teacher_logits
             s = student(x)
-            soft = F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
-                            reduction="sum", log_target=True) / len(x)
+            soft = F.kl_div(
+                F.log_softmax(s / temperature, 1),
+                F.log_softmax(teacher_logits / temperature, 1),
+                reduction="sum",
+                log_target=True,
+            ) / len(x)
             loss = alpha * F.cross_entropy(s, y) + (1 - alpha) * soft * temperature * temperature
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -68,11 +92,29 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
 
 
 # %% kdlib: kdlib's Distiller, its steps' losses recorded
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
-    trainer = Distiller(student, teacher, temperature=temperature, alpha=alpha, device="cpu",
-                        optimizer=lambda params: torch.optim.SGD(params, lr=lr), augment=augment,
-                        cache_teacher=cache_teacher and augment is None, progress=False)
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
+    trainer = Distiller(
+        student,
+        teacher,
+        temperature=temperature,
+        alpha=alpha,
+        device="cpu",
+        optimizer=lambda params: torch.optim.SGD(params, lr=lr),
+        augment=augment,
+        cache_teacher=cache_teacher and augment is None,
+        progress=False,
+    )
     losses = []
     step = trainer.step
 
@@ -90,8 +132,18 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
 from kdlib.losses import kd_loss
 
 
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     use_cache = cache_teacher and augment is None  # a cached view is not this step's view
     cache = {}
@@ -123,8 +175,18 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
 
 
 # %% bug: the teacher left in training mode
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     use_cache = cache_teacher and augment is None  # a cached view is not this step's view
     cache = {}
@@ -146,9 +208,14 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
             hard = F.cross_entropy(student_logits, y)
             # KL(p_T || p_S): the student's log-probabilities first, the teacher's
             # probabilities second; the sum over classes averaged over the batch; times tau^2
-            soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                            F.softmax(teacher_logits / temperature, dim=1),
-                            reduction="batchmean") * temperature**2
+            soft = (
+                F.kl_div(
+                    F.log_softmax(student_logits / temperature, dim=1),
+                    F.softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean",
+                )
+                * temperature**2
+            )
             loss = alpha * hard + (1 - alpha) * soft
             optimizer.zero_grad()
             loss.backward()
@@ -158,8 +225,18 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
 
 
 # %% bug: tau^2 missing
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     use_cache = cache_teacher and augment is None  # a cached view is not this step's view
     cache = {}
@@ -182,9 +259,11 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
             hard = F.cross_entropy(student_logits, y)
             # KL(p_T || p_S): the student's log-probabilities first, the teacher's
             # probabilities second; the sum over classes averaged over the batch; times tau^2
-            soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                            F.softmax(teacher_logits / temperature, dim=1),
-                            reduction="batchmean")
+            soft = F.kl_div(
+                F.log_softmax(student_logits / temperature, dim=1),
+                F.softmax(teacher_logits / temperature, dim=1),
+                reduction="batchmean",
+            )
             loss = alpha * hard + (1 - alpha) * soft
             optimizer.zero_grad()
             loss.backward()
@@ -194,8 +273,18 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
 
 
 # %% bug: reduction="mean" instead of "batchmean"
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     use_cache = cache_teacher and augment is None  # a cached view is not this step's view
     cache = {}
@@ -218,9 +307,14 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
             hard = F.cross_entropy(student_logits, y)
             # KL(p_T || p_S): the student's log-probabilities first, the teacher's
             # probabilities second; the sum over classes averaged over the batch; times tau^2
-            soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                            F.softmax(teacher_logits / temperature, dim=1),
-                            reduction="mean") * temperature**2
+            soft = (
+                F.kl_div(
+                    F.log_softmax(student_logits / temperature, dim=1),
+                    F.softmax(teacher_logits / temperature, dim=1),
+                    reduction="mean",
+                )
+                * temperature**2
+            )
             loss = alpha * hard + (1 - alpha) * soft
             optimizer.zero_grad()
             loss.backward()
@@ -230,8 +324,18 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
 
 
 # %% bug: the KL's arguments swapped
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     use_cache = cache_teacher and augment is None  # a cached view is not this step's view
     cache = {}
@@ -254,9 +358,14 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
             hard = F.cross_entropy(student_logits, y)
             # KL(p_T || p_S): the student's log-probabilities first, the teacher's
             # probabilities second; the sum over classes averaged over the batch; times tau^2
-            soft = F.kl_div(F.log_softmax(teacher_logits / temperature, dim=1),
-                            F.softmax(student_logits / temperature, dim=1),
-                            reduction="batchmean") * temperature**2
+            soft = (
+                F.kl_div(
+                    F.log_softmax(teacher_logits / temperature, dim=1),
+                    F.softmax(student_logits / temperature, dim=1),
+                    reduction="batchmean",
+                )
+                * temperature**2
+            )
             loss = alpha * hard + (1 - alpha) * soft
             optimizer.zero_grad()
             loss.backward()
@@ -266,8 +375,18 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
 
 
 # %% bug: the teacher's logits not detached (no torch.no_grad)
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     use_cache = cache_teacher and augment is None  # a cached view is not this step's view
     cache = {}
@@ -289,9 +408,14 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
             hard = F.cross_entropy(student_logits, y)
             # KL(p_T || p_S): the student's log-probabilities first, the teacher's
             # probabilities second; the sum over classes averaged over the batch; times tau^2
-            soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                            F.softmax(teacher_logits / temperature, dim=1),
-                            reduction="batchmean") * temperature**2
+            soft = (
+                F.kl_div(
+                    F.log_softmax(student_logits / temperature, dim=1),
+                    F.softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean",
+                )
+                * temperature**2
+            )
             loss = alpha * hard + (1 - alpha) * soft
             optimizer.zero_grad()
             loss.backward()
@@ -301,8 +425,18 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
 
 
 # %% bug: the cache used with augmentation
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     use_cache = cache_teacher
     cache = {}
@@ -325,9 +459,14 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
             hard = F.cross_entropy(student_logits, y)
             # KL(p_T || p_S): the student's log-probabilities first, the teacher's
             # probabilities second; the sum over classes averaged over the batch; times tau^2
-            soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                            F.softmax(teacher_logits / temperature, dim=1),
-                            reduction="batchmean") * temperature**2
+            soft = (
+                F.kl_div(
+                    F.log_softmax(student_logits / temperature, dim=1),
+                    F.softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean",
+                )
+                * temperature**2
+            )
             loss = alpha * hard + (1 - alpha) * soft
             optimizer.zero_grad()
             loss.backward()
@@ -337,8 +476,18 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
 
 
 # %% bug: alpha weights the soft term
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     use_cache = cache_teacher and augment is None  # a cached view is not this step's view
     cache = {}
@@ -361,9 +510,14 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
             hard = F.cross_entropy(student_logits, y)
             # KL(p_T || p_S): the student's log-probabilities first, the teacher's
             # probabilities second; the sum over classes averaged over the batch; times tau^2
-            soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                            F.softmax(teacher_logits / temperature, dim=1),
-                            reduction="batchmean") * temperature**2
+            soft = (
+                F.kl_div(
+                    F.log_softmax(student_logits / temperature, dim=1),
+                    F.softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean",
+                )
+                * temperature**2
+            )
             loss = (1 - alpha) * hard + alpha * soft
             optimizer.zero_grad()
             loss.backward()
@@ -373,8 +527,18 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
 
 
 # %% bug: the cache never used
-def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr=0.1,
-           augment=None, cache_teacher=False):
+def distil(
+    student,
+    teacher,
+    loader,
+    epochs=1,
+    *,
+    temperature=4.0,
+    alpha=0.5,
+    lr=0.1,
+    augment=None,
+    cache_teacher=False,
+):
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     use_cache = False
     cache = {}
@@ -397,9 +561,14 @@ def distil(student, teacher, loader, epochs=1, *, temperature=4.0, alpha=0.5, lr
             hard = F.cross_entropy(student_logits, y)
             # KL(p_T || p_S): the student's log-probabilities first, the teacher's
             # probabilities second; the sum over classes averaged over the batch; times tau^2
-            soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                            F.softmax(teacher_logits / temperature, dim=1),
-                            reduction="batchmean") * temperature**2
+            soft = (
+                F.kl_div(
+                    F.log_softmax(student_logits / temperature, dim=1),
+                    F.softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean",
+                )
+                * temperature**2
+            )
             loss = alpha * hard + (1 - alpha) * soft
             optimizer.zero_grad()
             loss.backward()
