@@ -34,8 +34,8 @@ def _read(path: Path):
     return nbformat.read(path, as_version=4)
 
 
-def test_the_course_has_its_eleven_notebooks():
-    assert [n[:2] for n in NAMES] == [f"{i:02d}" for i in range(1, 12)], NAMES
+def test_the_course_has_its_thirteen_notebooks():
+    assert [n[:2] for n in NAMES] == [f"{i:02d}" for i in range(1, 14)], NAMES
     released = sorted(p.stem for p in (ROOT / "notebooks").glob("*/*.ipynb"))
     assert released == NAMES
 
