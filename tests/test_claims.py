@@ -187,8 +187,8 @@ def test_claims_05(course):
 def test_claims_06(course):
     f = figures(course, "06_relation_based")
     # section 6: relations alone beat the student alone, do not beat KD; KD + RKD within 3 points
-    # of KD; KD + SP below KD. Section 7: the untrained student follows the pixels, training
-    # moves the geometry towards the teacher's, RKD comes closest to it. All recorded as claims
+    # of KD; KD + SP no better than KD. Section 7: the untrained student follows the pixels,
+    # training moves the geometry towards the teacher's, RKD comes closest to it. All claims
     # over paired seeds (test_every_recorded_claim_holds); stated facts of the run, asserted:
     assert f["n_seeds"] >= 8
     students = ("student_alone", "kd", "rkd", "kd_plus_rkd", "sp", "kd_plus_sp")
