@@ -191,30 +191,37 @@ def test_claims_04(course):
 
 def test_claims_05(course):
     f = figures(course, "05_distillation_vs_finetuning")
+    # every comparison of the text is a claim over paired seeds (fine-tuning within 2.5 points of
+    # the large model from scratch; the teacher's headroom over the small model alone; the
+    # distillation gain; the student below its teacher but within 5 points; no gain from
+    # fine-tuning the student afterwards): checked by test_every_recorded_claim_holds
+    assert f["n_seeds"] >= 8
+    # the regime the text states: the large models learn from every label of the new task, the
+    # small ones from n_labelled (5 per class)
+    assert f["fine_tuning_labels"] > 10 * f["n_labelled"] == 10 * f["small_from_scratch_labels"]
+    # "the teacher processed ... batch(es)": a teacher ran during the distillation, none without
+    assert f["distillation_teacher_batches"] > 0 == f["small_from_scratch_teacher_batches"]
     # "distillation against fine-tuning: the size and latency columns show the compression"
-    # (the parameter counts and the teacher's batch counts are fixed by construction: not
-    # asserted; the latency is measured)
+    # (the parameter counts are fixed by construction: not asserted; the latency is measured)
     assert f["distillation_latency_ms"] < f["fine_tuning_latency_ms"]
 
 
 def test_claims_06(course):
     f = figures(course, "06_relation_based")
-    # section 6: "both are above the student alone in this run"; "in this run both are below KD"
-    for name in ("rkd", "sp"):
-        assert f[f"{name}_accuracy_mean"] > f["student_alone_accuracy_mean"]
-        assert f[f"{name}_accuracy_mean"] < f["kd_accuracy_mean"]
-    # section 7: the untrained student's correlation with the teacher "is not zero" because it
-    # follows the pixels; "the student alone correlates better with the teacher than the
-    # untrained one"; "RKD alone has the highest correlation"
+    # section 6: relations alone beat the student alone, do not beat KD; KD + RKD within 3 points
+    # of KD; KD + SP no better than KD. Section 7: the untrained student follows the pixels,
+    # training moves the geometry towards the teacher's, RKD comes closest to it. All claims
+    # over paired seeds (test_every_recorded_claim_holds); stated facts of the run, asserted:
+    assert f["n_seeds"] >= 8
+    students = ("student_alone", "kd", "rkd", "kd_plus_rkd", "sp", "kd_plus_sp")
+    # "the RKD students arrange the images most like the teacher" (the claim compares RKD with
+    # the runner-up; here, with every other student)
     c = {
         k[len("distance_correlation_") :]: v
         for k, v in f.items()
         if k.startswith("distance_correlation_")
     }
-    assert c["untrained_student"] > 0.2 and c["untrained_vs_pixels"] > 0.5
-    assert c["student_alone"] > c["untrained_student"]
-    students = ("student_alone", "kd", "kd_plus_rkd", "sp", "kd_plus_sp")
-    assert all(c["rkd"] > c[name] for name in students)
+    assert all(c["rkd"] > c[name] for name in students if name != "rkd")
 
 
 def test_claims_07(course):
