@@ -245,37 +245,44 @@ def test_claims_08(course):
 
 def test_claims_09(course):
     f = figures(course, "09_why_it_pays")
-    # section 3 (parameters and operations against activations) follows from the two
-    # architectures: not a measured result, not asserted; the timings depend on the load
-    # section 4: "the student's accuracy rises with the teacher's"; a student "can end above a
-    # weak teacher" (the first snapshot)
+    _, results = course
+    # every comparison the text states is a claim over paired seeds, checked by
+    # test_every_recorded_claim_holds; the sentences of the text name these (fast mode leaves
+    # KD + hint, RKD and DML to full mode)
+    ids = {c["id"] for c in results["09_why_it_pays"].claims}
+    assert {
+        "kd_beats_alone",
+        "strong_teacher_teaches_better",
+        "weak_teacher_adds_little",
+        "no_capacity_gap",
+        "alpha_matters",
+        "smallest_far_below_teacher",
+        "wider_student_absorbs_more",
+        "method_kd_helps",
+        "method_kd_at_helps",
+        "method_multi_teacher_helps",
+        "method_born_again_small",
+        "dkd_not_above_kd",
+        "sp_not_above_kd",
+        "method_sp_helps",
+        "kd_beats_born_again",
+        "consistent_costs_nothing",
+        "patience_consistent",
+        "clean_cache_ahead_short",
+    } <= ids
+    assert f["n_seeds"] >= 8
+    # the spread of the tau-alpha settings is recorded as a number (it was once lost: the name
+    # `spread` was reused by a later cell)
+    assert isinstance(f["tau_alpha_spread"], float) and f["tau_alpha_spread"] > 0
+    # section 4: the weak teacher's "soft targets are wrong on most of the unlabelled images"
+    # (it is below 50% accurate), and "a student can end above a weak teacher"
     stops = sorted(
         int(k[len("strength_epoch") : -len("_teacher")])
         for k in f
         if k.startswith("strength_epoch") and k.endswith("_teacher")
     )
-    students = [f[f"strength_epoch{s}_student"] for s in stops]
-    assert students == sorted(students)
+    assert f[f"strength_epoch{stops[0]}_teacher"] < 0.5
     assert f[f"strength_epoch{stops[0]}_student"] > f[f"strength_epoch{stops[0]}_teacher"]
-    # the capacity gap: "the best teacher for the width-2 student is not the strongest one"
-    assert f["gap_best_teacher_width"] != 32
-    assert (
-        max(f["gap_student_from_width4"], f["gap_student_from_width8"])
-        > f["gap_student_from_width32"]
-    )
-    # section 6: "the smallest students stay far below the teacher"; "as the student grows,
-    # distillation closes more of the gap"
-    widths = sorted(
-        int(k[len("capacity_width") : -len("_kd")])
-        for k in f
-        if k.startswith("capacity_width") and k.endswith("_kd")
-    )
-    assert f[f"capacity_width{widths[0]}_kd"] < f["teacher_accuracy"] - 0.2
-    kds = [f[f"capacity_width{w}_kd"] for w in widths]
-    assert kds == sorted(kds)
-    # section 8: "every mode gains from longer training in this run"
-    for mode in ("KD", "precomputed_shift", "consistent"):
-        assert f[f"patience_{mode}_long"] > f[f"patience_{mode}_short"]
 
 
 def test_claims_10(course):
