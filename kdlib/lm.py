@@ -86,6 +86,7 @@ __all__ = [
     "kl_to_truth",
     "acceptance_rate",
     "distinct_ngrams",
+    "lm_reference",
     "lm_metrics",
 ]
 
@@ -235,47 +236,81 @@ def token_kd_loss(
 
 
 class _ChunkedTokenKD(torch.autograd.Function):
-    """The forward pass computes the loss chunk by chunk and, while each chunk's logits exist,
-    its gradients; the backward pass only scales them (so no chunk's logits are kept). The
-    head's gradient accumulates in place over the chunks."""
+    """The loss and its gradients, one block of ``chunk_size`` tokens by ``vocab_chunk_size``
+    vocabulary columns at a time, all in the forward pass; the backward pass only scales the
+    gradients (so no block's logits are kept). Three passes over the vocabulary per chunk of
+    tokens: the softmax normalisers, then the value and ``sum_v dL/dlog p_S(v)``, then the
+    logits' gradient (see :func:`chunked_token_kd_loss`)."""
 
     @staticmethod
-    def forward(ctx, h_s, w_s, h_t, w_t, mask, chunk_size, options):
+    def forward(ctx, h_s, w_s, h_t, w_t, mask, chunk_size, vocab_chunk_size, options):
+        tau, divergence = options["temperature"], options["divergence"]
+        beta = float(options["beta"])
+        vocab = options["vocab_size"] or w_s.shape[0]
         dtype = torch.float64 if h_s.dtype == torch.float64 else torch.float32
         count = mask.sum().clamp_min(1).to(dtype)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.zeros_like(h_s) if need_h else None
-        ws = w_s.detach().requires_grad_(need_w)
+        need = need_h or need_w
+        grad_h = torch.zeros_like(h_s, dtype=dtype) if need_h else None
+        grad_w = torch.zeros_like(w_s, dtype=dtype) if need_w else None
         total = torch.zeros((), dtype=dtype, device=h_s.device)
+        columns = [
+            slice(v, min(v + vocab_chunk_size, vocab)) for v in range(0, vocab, vocab_chunk_size)
+        ]
+
+        def logits(h, w, cols):  # one block of logits / tau
+            return (h @ w[cols].to(dtype).T).div_(tau)
+
+        def block(cols, hs, ht, lse_s, lse_t, m):
+            """``(value, dL/dlog p_S, log p_S)`` of one block: token_kd_loss's per-token formula
+            on normalised log-probabilities, summed over the block's columns."""
+            log_p_s = logits(hs, w_s, cols).sub_(lse_s[:, None]).requires_grad_(need)
+            log_p_t = logits(ht, w_t, cols).sub_(lse_t[:, None])
+            with torch.enable_grad():
+                per_token = _per_token_divergence(log_p_s, log_p_t, divergence, beta)
+                value = (per_token * m).sum()
+            grad = torch.autograd.grad(value, log_p_s)[0] if need else None
+            return value.detach(), grad, log_p_s.detach()
+
         for start in range(0, h_s.shape[0], chunk_size):
             part = slice(start, start + chunk_size)
-            with torch.enable_grad():
-                hs = h_s[part].detach().requires_grad_(need_h)
-                z_s = (hs @ ws.T)[None]
-                with torch.no_grad():
-                    z_t = (h_t[part] @ w_t.T)[None]
-                loss = token_kd_loss(
-                    z_s, z_t, mask[part][None], reduction="sum", check=False, **options
-                )
-                if need_h or need_w:
-                    loss.backward()  # into hs.grad, and ws.grad in place after the first chunk
-            if need_h:
-                grad_h[part] = hs.grad
-            total += loss.detach()
-        grad_w = ws.grad if need_w else None
+            hs, ht, m = h_s[part].to(dtype), h_t[part].to(dtype), mask[part].to(dtype)
+            lse_s = torch.stack([logits(hs, w_s, c).logsumexp(-1) for c in columns]).logsumexp(0)
+            lse_t = torch.stack([logits(ht, w_t, c).logsumexp(-1) for c in columns]).logsumexp(0)
+
+            # the value, and per token the sum over the vocabulary of dL/dlog p_S(v)
+            grad_sum = torch.zeros_like(lse_s)
+            for cols in columns:
+                value, grad, _ = block(cols, hs, ht, lse_s, lse_t, m)
+                total += value
+                if need:
+                    grad_sum += grad.sum(-1)
+            if not need:
+                continue
+            # log p_S = z / tau - logsumexp(z / tau): dL/dz = (dL/dlog p_S - p_S * grad_sum) / tau
+            for cols in columns:
+                _, grad, log_p_s = block(cols, hs, ht, lse_s, lse_t, m)
+                dz = grad.sub_(log_p_s.exp_().mul_(grad_sum[:, None])).div_(tau)
+                if need_h:
+                    grad_h[part] += dz @ w_s[cols].to(dtype)
+                if need_w:
+                    grad_w[cols] += dz.T @ hs
         for g in (grad_h, grad_w):
             if g is not None:
                 g.div_(count)
-        ctx.save_for_backward(*(torch.empty(0) if g is None else g for g in (grad_h, grad_w)))
+        # kept on ctx, not saved: backward hands them over without a copy (autograd clones a
+        # gradient that something else still references before storing it in .grad)
+        ctx.grads, ctx.dtypes = [grad_h, grad_w], (h_s.dtype, w_s.dtype)
         return total / count
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors  # scaled in place: the graph is used once
-        out_h = grad_h.mul_(grad_out) if ctx.needs_input_grad[0] else None
-        out_w = grad_w.mul_(grad_out) if ctx.needs_input_grad[1] else None
-        return out_h, out_w, None, None, None, None, None
+        out = []
+        for i in (0, 1):  # scaled in place and handed over: the graph is used once
+            g, ctx.grads[i] = ctx.grads[i], None
+            out.append(g.mul_(grad_out).to(ctx.dtypes[i]) if g is not None else None)
+        return out[0], out[1], None, None, None, None, None, None
 
 
 def chunked_token_kd_loss(
@@ -289,10 +324,12 @@ def chunked_token_kd_loss(
     beta: float = 0.5,
     vocab_size: int | None = None,
     chunk_size: int = 1024,
+    vocab_chunk_size: int = 2048,
     check: bool = True,
 ) -> torch.Tensor:
-    """:func:`token_kd_loss` (``reduction="mean"``) for large vocabularies, a chunk of tokens at
-    a time, from the models' last hidden states and output layers instead of their logits.
+    """:func:`token_kd_loss` (``reduction="mean"``) for large vocabularies, a block of tokens and
+    vocabulary columns at a time, from the models' last hidden states and output layers
+    instead of their logits.
 
     Args:
         student_hidden, teacher_hidden: ``(B, T, d_S)`` and ``(B, T, d_T)``, the inputs of the
@@ -301,16 +338,25 @@ def chunked_token_kd_loss(
             weights (``model.lm_head.weight``; no bias); the logits are ``hidden @ head.T``.
         mask, temperature, divergence, beta, vocab_size, check: as in :func:`token_kd_loss`.
         chunk_size: tokens per chunk.
+        vocab_chunk_size: vocabulary columns per block (the last block may be smaller).
 
     The value and the gradients (with respect to ``student_hidden`` and ``student_head``) are
     those of ``token_kd_loss(student_hidden @ student_head.T, teacher_hidden @ teacher_head.T,
-    mask, ...)`` to float32 rounding, computed by that same function on each chunk. The full
-    ``(B, T, V)`` logits never exist: one chunk's logits and the intermediate tensors of its loss
-    do, for its forward and backward, which are done together in the forward pass (the
-    gradients are kept, ``B T d_S + V d_S`` numbers, and scaled in the backward pass, which can
-    run once: no ``retain_graph``). Peak extra memory is that of the unchunked loss on
-    ``chunk_size`` tokens, plus the head's gradient (``benchmarks/lm_memory.py`` measures it).
-    No gradient reaches the teacher.
+    mask, ...)`` to float rounding, with the same per-token formula (token_kd_loss's, on
+    normalised log-probabilities, summed block by block: every divergence here is a sum over
+    the vocabulary). The full ``(B, T, V)`` logits never exist, nor do one chunk's: for each
+    chunk of tokens, three passes over blocks of ``chunk_size x vocab_chunk_size`` logits
+    (recomputed from the hidden states each time) give the softmax normalisers
+    ``logsumexp(z / tau)``, then the value and ``S = sum_v dL/dlog p_S(v)`` per token (autograd
+    on one block), then the logits' gradient ``(dL/dlog p_S - p_S S) / tau`` (the backward of
+    ``log_softmax``), multiplied into the hidden states' and the head's gradients. All of this
+    happens in the forward pass; the gradients are kept (``B T d_S + V d_S`` numbers) and scaled
+    in the backward pass, which can run once (no ``retain_graph``). Peak extra memory: the
+    intermediate tensors of one block (about ten to twenty blocks for the three divergences)
+    plus the gradients; with the default blocks of 2,048 columns that is about one or two
+    ``chunk_size x V`` tensors at ``V = 32,000`` and less above (``benchmarks/lm_memory.py``
+    measures it). The price is time: every block of logits is computed three times (twice when
+    no gradient is needed) instead of once. No gradient reaches the teacher.
     """
     if check:
         for name, h in (("student_hidden", student_hidden), ("teacher_hidden", teacher_hidden)):
@@ -331,6 +377,8 @@ def chunked_token_kd_loss(
             )
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        if not isinstance(vocab_chunk_size, int) or vocab_chunk_size < 1:
+            raise ValueError(f"vocab_chunk_size must be an int >= 1, got {vocab_chunk_size!r}")
         b, t = student_hidden.shape[:2]
         shape_s, shape_t = (b, t, student_head.shape[0]), (b, t, teacher_head.shape[0])
         _check_token_logits(
@@ -355,6 +403,7 @@ def chunked_token_kd_loss(
         teacher_head.detach(),
         keep,
         chunk_size,
+        vocab_chunk_size,
         options,
     )
 
@@ -1287,6 +1336,28 @@ def acceptance_rate(
 
 
 @torch.no_grad()
+def lm_reference(
+    test: Corpus, source: SentenceSource | None = None, teacher: nn.Module | None = None
+) -> dict:
+    """What :func:`lm_metrics` compares every model with on ``test``, computed once for many
+    models: the source's true next-token distributions (``truth``: ``(probs, valid)`` of
+    :meth:`SentenceSource.next_token_probs`) and the teacher's (``teacher_probs``,
+    ``(N, L - 1, V)``, eval mode, float32 on the CPU)."""
+    out = {}
+    if source is not None:
+        out["truth"] = source.next_token_probs(test.tokens)
+    if teacher is not None:
+        was = teacher.training
+        teacher.eval()
+        try:
+            x = test.tokens[:, :-1].to(device_of(teacher))
+            out["teacher_probs"] = torch.softmax(logits_of(teacher(x)).float(), -1).cpu()
+        finally:
+            teacher.train(was)
+    return out
+
+
+@torch.no_grad()
 def lm_metrics(
     model: nn.Module,
     test: Corpus,
@@ -1294,41 +1365,52 @@ def lm_metrics(
     teacher: nn.Module | None = None,
     n_samples: int = 200,
     seed: int = 0,
+    reference: dict | None = None,
 ) -> dict:
     """What the notebook reports for a language model.
 
     On ``test`` (held-out text): ``nll`` (nats per token), ``perplexity``, and with a ``source``
     ``kl_truth`` (:func:`kl_to_truth`); with a ``teacher``, ``agreement`` (share of test
-    positions where the two models' most likely next tokens agree). On ``n_samples`` sentences
-    the model generates from ``<s>`` (temperature 1): ``distinct2`` (:func:`distinct_ngrams`),
-    and with a ``source`` ``invalid`` (share of samples the grammar cannot produce: the
-    student's own text, where the KL to the truth is infinite). ``samples``: those sentences.
+    positions where the two models' most likely next tokens agree) and ``acceptance`` (the
+    draft acceptance rate of speculative decoding, :func:`acceptance_rate`). On ``n_samples``
+    sentences the model generates from ``<s>`` (temperature 1): ``distinct2``
+    (:func:`distinct_ngrams`), and with a ``source`` ``invalid`` (share of samples the grammar
+    cannot produce: the student's own text, where the KL to the truth is infinite).
+    ``samples``: those sentences. ``reference``: :func:`lm_reference` of the same ``test``,
+    ``source`` and ``teacher``, computed once when many models are measured (default: computed
+    here).
     """
-    out = {}
-    lp = sequence_log_probs(model, test.tokens, test.mask).cpu()
-    nll = -float(lp.sum() / test.mask.sum())
-    out.update(nll=nll, perplexity=math.exp(nll))
-    if source is not None:
-        out["kl_truth"] = kl_to_truth(model, test.tokens, *source.next_token_probs(test.tokens))
+    if reference is None:
+        reference = lm_reference(test, source, teacher)
     device = device_of(model)
-    if teacher is not None:
-        x = test.tokens[:, :-1].to(device)
-        was = model.training
-        model.eval()
-        agree = (logits_of(model(x)).argmax(-1) == logits_of(teacher(x)).argmax(-1)).cpu()
+    was = model.training
+    model.eval()
+    try:
+        log_q = F.log_softmax(logits_of(model(test.tokens[:, :-1].to(device))).float(), -1).cpu()
+    finally:
         model.train(was)
-        out["agreement"] = float(agree[test.mask].float().mean())
+    mask = test.mask.cpu()
+    lp = log_q.gather(-1, test.tokens[:, 1:, None].cpu()).squeeze(-1)
+    nll = -float(_reduce(lp, mask, "mean"))
+    out = dict(nll=nll, perplexity=math.exp(nll))
+    if source is not None:
+        p, valid = reference["truth"]
+        log_p = torch.where(p > 0, p.log(), torch.zeros_like(p))
+        out["kl_truth"] = float(_reduce((p * (log_p - log_q)).sum(-1), valid, "mean"))
+    if teacher is not None:
+        p_t = reference["teacher_probs"]
+        agree = log_q.argmax(-1) == p_t.argmax(-1)
+        out["agreement"] = float(agree[mask].float().mean())
+        out["acceptance"] = float(_reduce(torch.minimum(log_q.exp(), p_t).sum(-1), mask, "mean"))
     gen = torch.Generator(device=device).manual_seed(seed)
     prompt = torch.full((n_samples, 1), test.bos, dtype=torch.long)
     length = test.tokens.shape[1] - 1
     samples = generate(
         model, prompt, length, generator=gen, eos_token=test.eos, pad_token=test.pad
     ).cpu()
-    mask = mask_after_eos(samples, test.eos)
-    out["distinct2"] = distinct_ngrams(samples, mask, 2)
+    sample_mask = mask_after_eos(samples, test.eos)
+    out["distinct2"] = distinct_ngrams(samples, sample_mask, 2)
     if source is not None:
-        true_lp = source.log_prob(samples)
-        ok = torch.isfinite(true_lp)
-        out["invalid"] = 1.0 - float(ok.float().mean())
+        out["invalid"] = 1.0 - float(torch.isfinite(source.log_prob(samples)).float().mean())
     out["samples"] = samples
     return out

@@ -287,12 +287,21 @@ def test_claims_09(course):
 
 def test_claims_10(course):
     f = figures(course, "10_language_models")
-    # "forward KL spreads the student over both peaks; reverse KL picks one"
+    # the comparisons of the text are claims over 8 paired seeds (forward KL closer to the truth
+    # than reverse KL and JSD(0.9); sequence-level KD loses with 1x teacher text and gains with
+    # 8x; token-level and on-policy students agree more with the teacher; the on-policy JSD(0.9)
+    # student ends further from the truth; token-level and 8x students are better draft models;
+    # top-2 with the bucket alone writes invalid sentences, the text's tokens teach the tail
+    # back): checked by test_every_recorded_claim_holds. Stated facts of the run, asserted here:
+    assert f["n_seeds"] >= 8
+    # the toy (deterministic, no seeds): "forward KL spreads the student over both peaks;
+    # reverse KL picks one", and the JSDs' global fits are mode seeking like the reverse KL's
     assert f["toy_forward_width"] > f["toy_reverse_width"]
     assert f["toy_reverse_mass_on_its_peak"] > 0.8
-    # the headline: token-level distillation brings the student closer to the true next-token
-    # distribution than the text alone, averaged over the notebook's seeds
-    assert f["token_level_kl_truth_mean"] < f["text_alone_kl_truth_mean"]
+    for jsd in ("toy_jsd05_width", "toy_jsd09_width"):
+        assert abs(f[jsd] - f["toy_reverse_width"]) < abs(f[jsd] - f["toy_forward_width"])
+    # "a student equal to the teacher": the tail bucket keeps all the mass at k = V
+    assert f[f"top{f['vocab_size']}_tail_mass"] < 1e-6
 
 
 def test_claims_11(course):

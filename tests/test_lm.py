@@ -536,11 +536,14 @@ def test_top_k_logits_cached_on_disk_distil_like_the_live_teacher(tmp_path):
 
 
 @pytest.mark.parametrize("divergence", lm.DIVERGENCES)
-@pytest.mark.parametrize("chunk_size", [1, 4, 7, 100])
-def test_chunked_loss_has_the_value_and_gradient_of_the_unchunked_one(divergence, chunk_size):
-    """From hidden states and output layers, a chunk of tokens at a time: the same value and
-    the same gradients (hidden states and head) as token_kd_loss on the full logits, with a
-    mask, a temperature and padded vocabularies; nothing reaches the teacher."""
+@pytest.mark.parametrize("chunk_size, vocab_chunk_size", [(1, 7), (4, 50), (7, 3), (100, 4096)])
+def test_chunked_loss_has_the_value_and_gradient_of_the_unchunked_one(
+    divergence, chunk_size, vocab_chunk_size
+):
+    """From hidden states and output layers, a block of tokens and vocabulary columns at a
+    time: the same value and the same gradients (hidden states and head) as token_kd_loss on
+    the full logits, with a mask, a temperature and padded vocabularies; nothing reaches the
+    teacher."""
     g = torch.Generator().manual_seed(0)
     B, T, d, V = 3, 5, 8, 50
     hs = torch.randn(B, T, d, generator=g, dtype=torch.float64)
@@ -553,7 +556,16 @@ def test_chunked_loss_has_the_value_and_gradient_of_the_unchunked_one(divergence
     for chunked in (False, True):
         h, w = hs.clone().requires_grad_(True), ws.clone().requires_grad_(True)
         if chunked:
-            value = lm.chunked_token_kd_loss(h, w, ht, wt, mask, chunk_size=chunk_size, **options)
+            value = lm.chunked_token_kd_loss(
+                h,
+                w,
+                ht,
+                wt,
+                mask,
+                chunk_size=chunk_size,
+                vocab_chunk_size=vocab_chunk_size,
+                **options,
+            )
         else:
             value = lm.token_kd_loss(h @ w.T, ht @ wt.T, mask, **options)
         (3.0 * value).backward()
@@ -570,6 +582,42 @@ def test_chunked_loss_has_the_value_and_gradient_of_the_unchunked_one(divergence
         lm.chunked_token_kd_loss(hs, ws[:, :3], ht, wt, mask)
     with pytest.raises(ValueError, match="chunk_size"):
         lm.chunked_token_kd_loss(hs, ws, ht, wt, mask, chunk_size=0, vocab_size=V)
+    with pytest.raises(ValueError, match="vocab_chunk_size"):
+        lm.chunked_token_kd_loss(hs, ws, ht, wt, mask, vocab_chunk_size=0, vocab_size=V)
+
+
+@pytest.mark.parametrize("divergence", lm.DIVERGENCES)
+def test_chunked_loss_peak_memory_is_about_two_chunks(divergence):
+    """Tensor storage alive at once during forward and backward (benchmarks.lm_memory's
+    TensorMemory: every storage an operator allocates, until its last tensor dies): the
+    unchunked loss holds several N x V tensors (the accounting sees them: at least 6); the
+    chunked one, beyond the two gradients both return (hidden states and head), at most two
+    tensors of chunk_size x V, with the same value and gradients."""
+    from benchmarks.lm_memory import TensorMemory
+
+    g = torch.Generator().manual_seed(0)
+    N, d, V, chunk = 96, 16, 8000, 32
+    h = torch.randn(1, N, d, generator=g, requires_grad=True)
+    w = (torch.randn(V, d, generator=g) / 4).requires_grad_(True)
+    ht, wt = torch.randn(1, N, d, generator=g), torch.randn(V, d, generator=g) / 4
+    results, peaks = [], []
+    for chunked in (False, True):
+        h.grad = w.grad = None
+        with TensorMemory() as memory:
+            if chunked:
+                value = lm.chunked_token_kd_loss(
+                    h, w, ht, wt, divergence=divergence, chunk_size=chunk, vocab_chunk_size=512
+                )
+            else:
+                value = lm.token_kd_loss(h @ w.T, ht @ wt.T, divergence=divergence)
+            value.backward()
+        results.append((value.detach(), h.grad, w.grad))
+        peaks.append(memory.peak)
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    one_tensor, one_chunk, gradients = 4 * N * V, 4 * chunk * V, 4 * (N + V) * d
+    assert peaks[0] >= 6 * one_tensor
+    assert peaks[1] - gradients <= 2 * one_chunk, (peaks[1] - gradients) / one_chunk
 
 
 def test_acceptance_rate_is_one_minus_the_total_variation():
