@@ -62,6 +62,7 @@ from kdlib.data import TensorLoader
 from kdlib.distill import Batch, Distiller, freeze
 from kdlib.features import AttentionTerm
 from kdlib.losses import IGNORE_INDEX, DKDTerm, hard_loss, kd_loss
+from kdlib.models import SmallCNN
 from kdlib.runtime import pick_device, seed_everything
 from kdlib.training import FirstBatchCheck
 
@@ -172,6 +173,7 @@ class Population:
         self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         self.buffers = buffers
         self.skeleton = copy.deepcopy(members[0])  # the structure (tied weights stay tied)
+        self.folded = fold(self.skeleton, len(self.seeds))
         self.history: list[dict] = []
 
     @classmethod
@@ -187,6 +189,7 @@ class Population:
         pop.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         pop.buffers = buffers
         pop.skeleton = copy.deepcopy(members[0])
+        pop.folded = fold(pop.skeleton, len(pop.seeds))
         pop.history = []
         return pop
 
@@ -213,12 +216,28 @@ class Population:
         of the course's models)."""
         self.skeleton.train(train)
         kwargs = {"return_features": True} if features else {}
+        if self.folded is not None:
+            return self._forward_folded(x, train, per_member, kwargs)
 
         def one(params, buffers, inputs):
             return functional_call(self.skeleton, (params, buffers), (inputs,), kwargs)
 
         dims = (0, 0, 0 if per_member else None)
         return vmap(one, in_dims=dims, randomness="different")(self.params, self.buffers, x)
+
+    def _forward_folded(self, x, train, per_member, kwargs):
+        """The members side by side in the channel dimension (see :func:`fold`): one model
+        with S times the channels, its convolutions grouped per member."""
+        S = len(self)
+        if per_member:  # (S, B, C, ...) -> (B, S * C, ...)
+            x = x.transpose(0, 1).flatten(1, 2)
+        self.folded.train(train)
+        out = functional_call(self.folded, (self.params, self.buffers), (x,), kwargs)
+        logits, feats = out if kwargs else (out, None)
+        logits = _unfold(logits, S)
+        if feats is None:
+            return logits
+        return logits, {k: _unfold(v, S) for k, v in feats.items()}
 
     @torch.no_grad()
     def logits(self, data, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,6 +295,142 @@ class Population:
 
     def members(self) -> list[nn.Module]:
         return [self.member(k) for k in range(len(self))]
+
+
+def _unfold(t: torch.Tensor, S: int) -> torch.Tensor:
+    """``(B, S * C, ...)`` -> ``(S, B, C, ...)`` (a view)."""
+    return t.unflatten(1, (S, -1)).transpose(0, 1)
+
+
+class _FoldedConv2d(nn.Module):
+    """S convolutions as one: weight ``(S, C_out, C_in / g, k, k)`` applied as one convolution
+    with ``S * g`` groups to ``(B, S * C_in, H, W)``, or, when every member sees the same input
+    ``(B, C_in, H, W)`` (the first layer), as one convolution with ``S * C_out`` filters."""
+
+    def __init__(self, conv: nn.Conv2d, S: int):
+        super().__init__()
+        self.in_channels, self.groups = conv.in_channels, conv.groups
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.weight = nn.Parameter(torch.empty(S, *conv.weight.shape, device="meta"))
+        self.bias = (
+            None
+            if conv.bias is None
+            else nn.Parameter(torch.empty(S, *conv.bias.shape, device="meta"))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        S = self.weight.shape[0]
+        groups = self.groups * S
+        if x.shape[1] == self.in_channels and S > 1:  # shared by the members
+            if self.groups == 1:
+                groups = 1
+            else:
+                x = x.repeat(1, S, 1, 1)
+        bias = None if self.bias is None else self.bias.flatten()
+        return F.conv2d(
+            x, self.weight.flatten(0, 1), bias, self.stride, self.padding, self.dilation, groups
+        )
+
+
+class _FoldedBatchNorm2d(nn.Module):
+    """S BatchNorms as one over ``(B, S * C, H, W)``: the statistics are per channel, so per
+    member and channel, as each member's own BatchNorm; the running statistics are updated in
+    place in the stacked buffers ``(S, C)``."""
+
+    def __init__(self, bn: nn.BatchNorm2d, S: int):
+        super().__init__()
+        self.eps, self.momentum = bn.eps, bn.momentum
+        for name, t in list(bn.named_parameters(recurse=False)):
+            setattr(self, name, nn.Parameter(torch.empty(S, *t.shape, device="meta")))
+        for name, t in list(bn.named_buffers(recurse=False)):
+            self.register_buffer(name, torch.empty(S, *t.shape, dtype=t.dtype, device="meta"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(
+            x,
+            self.running_mean.view(-1),
+            self.running_var.view(-1),
+            self.weight.flatten(),
+            self.bias.flatten(),
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+
+
+class _FoldedLinear(nn.Module):
+    """S linear layers as one: ``(B, S * C_in)`` (or ``(B, C_in)`` shared) to
+    ``(B, S * C_out)``, weight ``(S, C_out, C_in)``."""
+
+    def __init__(self, linear: nn.Linear, S: int):
+        super().__init__()
+        self.in_features = linear.in_features
+        self.weight = nn.Parameter(torch.empty(S, *linear.weight.shape, device="meta"))
+        self.bias = nn.Parameter(torch.empty(S, *linear.bias.shape, device="meta"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        S = self.weight.shape[0]
+        if x.shape[-1] == self.in_features and S > 1:  # shared by the members
+            out = torch.einsum("bc,skc->bsk", x, self.weight)
+        else:
+            out = torch.einsum("bsc,skc->bsk", x.unflatten(-1, (S, -1)), self.weight)
+        return (out + self.bias).flatten(1)
+
+
+_FOLD = {nn.Conv2d: _FoldedConv2d, nn.BatchNorm2d: _FoldedBatchNorm2d, nn.Linear: _FoldedLinear}
+
+
+def _channelwise_types() -> set[type]:
+    """The layers a SmallCNN is built from other than those of ``_FOLD`` (ReLU, its 2x2
+    max-pool, average pooling, flattening, dropout, Sequential): each acts on every channel
+    alone, so they run unchanged on the folded layout."""
+    with torch.random.fork_rng(devices=[]):  # the global random state stays as it was
+        reference = SmallCNN(1, 2, width=1, depth=1)
+    return {type(m) for m in reference.modules()} - set(_FOLD)
+
+
+def fold(model: nn.Module, S: int) -> nn.Module | None:
+    """``model`` rebuilt to run S members side by side in the channel dimension, or ``None``
+    when it cannot be (then the population runs ``vmap``).
+
+    The members' activations ``(S, B, C, H, W)`` are laid out as ``(B, S * C, H, W)``: a
+    convolution becomes one convolution with ``S`` times the groups, a BatchNorm one BatchNorm
+    over ``S * C`` channels (its statistics are per channel, so per member), and ReLU, max- and
+    average pooling, dropout and flattening run unchanged, each on its own channels. Nothing
+    moves between the layouts from layer to layer, which is where ``vmap`` spends its time on a
+    CPU for a small CNN. The folded model runs the model's own ``forward`` (its code, with
+    these layers swapped in) and takes the population's stacked tensors by name through
+    ``functional_call``. Only the course's :class:`kdlib.models.SmallCNN` is folded: a model
+    with other code between its layers (a residual sum over a channel-padded shortcut, an
+    attention) would mix the members.
+    """
+    if type(model) is not SmallCNN:
+        return None
+    channelwise = _channelwise_types()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and (
+            m.momentum is None or not m.track_running_stats or not m.affine
+        ):
+            return None
+        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+            return None
+        if isinstance(m, nn.Linear) and m.bias is None:
+            return None
+        if type(m) not in _FOLD and type(m) not in channelwise:
+            return None
+    folded = copy.deepcopy(model).to("meta")
+
+    def swap(parent: nn.Module):
+        for name, child in parent.named_children():
+            if type(child) in _FOLD:
+                setattr(parent, name, _FOLD[type(child)](child, S))
+            else:
+                swap(child)
+
+    swap(folded)
+    return folded
 
 
 def _pairs(data, batch_size: int):
