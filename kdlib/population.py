@@ -28,11 +28,16 @@ at once.
 
 BatchNorm keeps running statistics per member (the buffers are stacked too). Dropout draws
 different masks per member (``randomness="different"``), so a model with dropout trains
-correctly but does not repeat the masks of a run alone. What cannot be vectorised here (terms
-that own parameters, such as FitNets adapters, or tap a module that is not one of the model's
-named features) falls back to training the seeds one after the other with
-:class:`kdlib.distill.Distiller`, and says so once with a warning; the result has the same
-shape.
+correctly but does not repeat the masks of a run alone. Terms that own parameters (FitNets
+adapters) are not vectorised: the seeds then train one after the other, each as a population
+of one with its own adapter, and a warning says so once; the result has the same shape. A
+term that taps a module other than the model's named features is refused here
+(``kdlib.distill.Distiller(..., seeds=...)`` trains it seed by seed with hooks).
+
+A population of the course's ``SmallCNN`` runs *folded* (:func:`fold`): the members side by
+side in the channel dimension, ``(B, S * C, H, W)``, its convolutions grouped per member,
+rather than through ``vmap``, whose layout changes between layers cost more than the layers
+on a CPU (``benchmarks/README.md``).
 
 Models: ``MLP`` and ``SmallCNN`` with every loss here; ``TinyGPT`` (logits ``(B, T, V)``) on
 the text alone (:func:`train_population`: the next-token cross-entropy over the labelled
@@ -59,15 +64,16 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kdlib.data import TensorLoader
-from kdlib.distill import Batch, Distiller, freeze
 from kdlib.features import AttentionTerm
 from kdlib.losses import IGNORE_INDEX, DKDTerm, hard_loss, kd_loss
 from kdlib.models import SmallCNN
 from kdlib.runtime import pick_device, seed_everything
-from kdlib.training import FirstBatchCheck
+from kdlib.training import Batch, FirstBatchCheck, freeze
 
 __all__ = [
     "Population",
+    "SeedTable",
+    "fold",
     "check_seeds",
     "estimate_bytes",
     "train_population",
@@ -433,6 +439,38 @@ def fold(model: nn.Module, S: int) -> nn.Module | None:
     return folded
 
 
+class SeedTable(list):
+    """What ``train_supervised(..., seeds=...)`` and ``Distiller(..., seeds=...).fit`` return:
+    one row per seed, in seed order, a dict ``{"seed", "val_accuracy", "val_loss"}`` (the
+    last two with a ``val_loader``: each member's, after the last epoch).
+
+    Attributes:
+        population: the trained :class:`Population` (``member(k)``, ``evaluate``,
+            ``table(test=...)`` for more splits, ``accuracy``).
+        history: one dict per epoch (``train_loss``: the members' mean; ``val_accuracy``: a
+            list, one per seed).
+    """
+
+    def __init__(self, population: Population, val_loader=None):
+        if val_loader is not None:
+            rows = population.table(val=val_loader)
+        else:
+            rows = [{"seed": s} for s in population.seeds]
+        super().__init__(rows)
+        self.population = population
+        self.history = population.history
+
+    def column(self, name: str) -> list:
+        """The values of one column, in seed order, e.g. ``table.column("val_accuracy")``."""
+        if not self or name not in self[0]:
+            raise ValueError(f"no column {name!r}; the columns are {list(self[0]) if self else []}")
+        return [row[name] for row in self]
+
+    def models(self) -> list[nn.Module]:
+        """The trained members as ordinary models, in seed order."""
+        return self.population.members()
+
+
 def _pairs(data, batch_size: int):
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
@@ -492,16 +530,18 @@ def _train(
     lr_schedule,
     shuffle: str,
     features: tuple = (),
+    extra_params: Sequence[torch.Tensor] = (),
 ) -> Population:
     """The loop shared by both entry points: one step updates every member. ``features``:
-    ``(student names, teacher names)`` of the features the loss needs, or empty."""
+    ``(student names, teacher names)`` of the features the loss needs, or empty;
+    ``extra_params``: trained with the members (a population of one seed's adapters)."""
     loaders = _member_loaders(train_loader, pop.seeds, shuffle)
     has_unlabelled = isinstance(train_loader, TensorLoader) and bool(
         (train_loader.y == IGNORE_INDEX).any()
     )
     if loaders is not None and has_unlabelled:
         stacked_loss = None  # members' labelled counts differ: the stacked mean is not exact
-    opt = optimizer(pop.parameters())
+    opt = optimizer(pop.parameters() + list(extra_params))
     scheduler = lr_schedule(opt) if lr_schedule is not None else None
     S = len(pop)
     first_batch = FirstBatchCheck()  # the losses check the first batch only, as in the Distiller
@@ -731,10 +771,11 @@ def distill_population(
     plus ``term.weight * term(batch)`` for each term; :class:`kdlib.losses.DKDTerm` is
     vectorised, so ``alpha=1.0, terms=[DKDTerm()]`` is DKD, and so is ``AttentionTerm``; a
     ``RelationTerm`` (RKD, SP), a custom ``loss(z_S, z_T, y)`` or another term runs member by
-    member on the vectorised outputs; a term with parameters (``HintTerm``'s adapter) falls
-    back to one Distiller per seed, with a warning. ``terms`` may be a factory
-    ``() -> list of terms``, called for each seed right after its model is made (so that an
-    adapter starts as it would in that seed's run alone); a plain list is copied for each seed.
+    member on the vectorised outputs; a term with parameters (``HintTerm``'s adapter) trains
+    the seeds one after the other, a population of one each, with a warning. ``terms`` may be
+    a factory ``() -> list of terms``, called for each seed right after its model is made (so
+    that an adapter starts as it would in that seed's run alone); a plain list is copied for
+    each seed.
 
     ``cache_teacher``: the teacher's logits of every training sample are computed once, before
     the first step (a ``TensorLoader`` with ``return_index=True`` and no transform). The
@@ -750,24 +791,41 @@ def distill_population(
             f"{type(teacher).__name__}; several teachers: train with Distiller"
         )
     terms = list(terms)
-    student_names = {n for t in terms for n in getattr(t, "student_features", ())}
-    teacher_names = {n for t in terms for n in getattr(t, "teacher_features", ())}
     seed_everything(check_seeds(seeds)[0])
     probe = model_fn()  # which features the model hands out (model(x, return_features=True))
-    looped = [
+    unknown = [
         t
         for t in terms
-        if (isinstance(t, nn.Module) and any(p.requires_grad for p in t.parameters()))
-        or not set(getattr(t, "student_features", ())) <= set(getattr(probe, "feature_names", ()))
+        if not set(getattr(t, "student_features", ())) <= set(getattr(probe, "feature_names", ()))
         or not set(getattr(t, "teacher_features", ())) <= set(getattr(teacher, "feature_names", ()))
     ]
+    if unknown:
+        raise ValueError(
+            f"terms: {', '.join(type(t).__name__ for t in unknown)} taps features the models "
+            f"do not hand out (model(x, return_features=True) gives "
+            f"{tuple(getattr(probe, 'feature_names', ()))} for the student, "
+            f"{tuple(getattr(teacher, 'feature_names', ()))} for the teacher): train with "
+            f"kdlib.distill.Distiller(..., seeds=...), which taps any module"
+        )
+    for t in terms:
+        if not hasattr(t, "weight"):
+            raise ValueError(f"term {t!r} has no 'weight' attribute")
+    looped = [t for t in terms if _trainable(t)]
+    recipe = dict(
+        temperature=temperature,
+        alpha=alpha,
+        loss=loss,
+        optimizer=optimizer or _adam_factory(lr, weight_decay),
+        lr_schedule=lr_schedule,
+        cache_teacher=cache_teacher,
+    )
     if looped:
         names = ", ".join(type(t).__name__ for t in looped)
         _say_once(
             f"loop:{names}",
-            f"distill_population: {names} has parameters (an adapter) or taps "
-            f"features the model does not return, and is not vectorised: training the "
-            f"seeds one by one with Distiller",
+            f"distill_population: {names} has parameters (an adapter) and is not "
+            f"vectorised: training the seeds one by one (a population of one seed each, with "
+            f"its own adapter)",
         )
         return _distill_one_by_one(
             model_fn,
@@ -776,29 +834,36 @@ def distill_population(
             train_loader,
             epochs,
             val_loader,
-            terms=make_terms or (lambda: copy.deepcopy(terms)),
-            temperature=temperature,
-            alpha=alpha,
-            loss=loss,
-            lr=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            lr_schedule=lr_schedule,
-            cache_teacher=cache_teacher,
-            device=device,
-            shuffle=shuffle,
+            make_terms or (lambda: copy.deepcopy(terms)),
+            recipe,
+            device,
+            shuffle,
         )
     pop = Population(model_fn, seeds, device, max_bytes)
+    return _distill(pop, teacher, terms, train_loader, epochs, val_loader, recipe, shuffle)
+
+
+def _trainable(term) -> bool:
+    """Whether a term has parameters to train (an adapter)."""
+    return isinstance(term, nn.Module) and any(p.requires_grad for p in term.parameters())
+
+
+def _distill(pop, teacher, terms, train_loader, epochs, val_loader, recipe, shuffle):
+    """Train ``pop`` from ``teacher`` with ``kd_loss`` (or ``recipe["loss"]``) and ``terms``;
+    the parameters of the terms (one seed's adapters) train with it."""
     teacher = freeze(teacher.to(pop.device))
-    for t in terms:
-        if not hasattr(t, "weight"):
-            raise ValueError(f"term {t!r} has no 'weight' attribute")
+    terms = [t.to(pop.device) if isinstance(t, nn.Module) else t for t in terms]
+    loss = recipe["loss"]
+    student_names = {n for t in terms for n in getattr(t, "student_features", ())}
+    teacher_names = {n for t in terms for n in getattr(t, "teacher_features", ())}
 
     def base(z, t, y, check):
         if loss is not None:
             out = loss(z, t, y)
             return out.total if hasattr(out, "total") else out
-        return kd_loss(z, t, y, temperature=temperature, alpha=alpha, check=check)
+        return kd_loss(
+            z, t, y, temperature=recipe["temperature"], alpha=recipe["alpha"], check=check
+        )
 
     def with_terms(z, t, y, sf, tf, check=True):
         total = base(z, t, y, check)
@@ -809,7 +874,7 @@ def distill_population(
     # averages over the samples of a batch: the stacked mean is the mean of the members' losses
     # (a relation term, RKD or SP, relates the samples of a batch: it runs member by member)
     separable = loss is None and all(isinstance(t, (DKDTerm, AttentionTerm)) for t in terms)
-    if not separable:
+    if not separable and len(pop) > 1:
         _say_once(
             "member-loss",
             "distill_population: a custom loss or term runs member by "
@@ -818,8 +883,9 @@ def distill_population(
 
     features = (student_names, teacher_names) if student_names or teacher_names else ()
     teacher_fn = _teacher_logits_fn(
-        teacher, pop.device, train_loader, cache_teacher, bool(teacher_names)
+        teacher, pop.device, train_loader, recipe["cache_teacher"], bool(teacher_names)
     )
+    extra = [p for t in terms if _trainable(t) for p in t.parameters() if p.requires_grad]
     return _train(
         pop,
         train_loader,
@@ -828,18 +894,20 @@ def distill_population(
         with_terms,
         with_terms if separable else None,
         teacher_fn,
-        optimizer or _adam_factory(lr, weight_decay),
-        lr_schedule,
+        recipe["optimizer"],
+        recipe["lr_schedule"],
         shuffle,
         features,
+        list({id(p): p for p in extra}.values()),
     )
 
 
 def _distill_one_by_one(
-    model_fn, seeds, teacher, train_loader, epochs, val_loader, *, device, shuffle, terms, **kwargs
+    model_fn, seeds, teacher, train_loader, epochs, val_loader, make_terms, recipe, device, shuffle
 ) -> Population:
-    """The fallback: one Distiller per seed (with ``terms()``, a fresh set of terms, made right
-    after the seed's model), then the trained members stacked."""
+    """The fallback for terms with parameters: one population of one seed after the other,
+    each with a fresh set of terms (``make_terms()``, made right after the seed's model, as in
+    that seed's run alone), then the trained members stacked."""
     seeds = check_seeds(seeds)
     loaders = _member_loaders(train_loader, seeds, shuffle) or [train_loader] * len(seeds)
     generator = getattr(train_loader, "generator", None)
@@ -848,11 +916,11 @@ def _distill_one_by_one(
     for s, loader in zip(seeds, loaders):
         if start is not None:  # the paired design: every seed sees the same batches
             generator.set_state(start)
-        seed_everything(s)
-        model = model_fn()
-        distiller = Distiller(model, teacher, device=device, terms=terms(), **kwargs)
-        histories.append(distiller.fit(loader, epochs, val_loader=val_loader))
-        members.append(model)
+        one = Population(model_fn, [s], device)
+        terms = list(make_terms())
+        one = _distill(one, teacher, terms, loader, epochs, val_loader, recipe, "paired")
+        members.append(one.member(0))
+        histories.append(one.history)
     pop = Population.from_members(members, seeds)
     pop.model_fn = model_fn
     for e in range(epochs):
@@ -861,6 +929,6 @@ def _distill_one_by_one(
             "train_loss": sum(h[e]["train_loss"] for h in histories) / len(seeds),
         }
         if val_loader is not None:
-            record["val_accuracy"] = [h[e]["val_accuracy"] for h in histories]
+            record["val_accuracy"] = [h[e]["val_accuracy"][0] for h in histories]
         pop.history.append(record)
     return pop
