@@ -103,6 +103,58 @@ def export_grades(
     return columns, rows
 
 
+# ----------------------------------------------------------- model answers for the graders
+
+_BEGIN, _END = "### BEGIN SOLUTION", "### END SOLUTION"
+
+
+def write_rubrics(source: Path, out: Path) -> list[Path]:
+    """For each notebook of the assignment folder ``source`` with manually graded written
+    answers (markdown cells with nbgrader ``solution`` and ``grade``), write
+    ``out/<notebook>.md``: per answer its grade id, points, the question (the markdown cell
+    before it) and the model answer with its marking rubric (the source's solution block).
+
+    nbgrader's formgrader shows a grader the student's answer and a box for the score and a
+    comment, not the source's solution; this file, in the grading folder beside the
+    submissions (open it next to the formgrader), is where graders read what earns the
+    points. It is never released: ``grading/`` is not in the repository, ``notebooks/`` or
+    the student edition. Rewritten on every run; a notebook with no written answer gets no
+    file (and an old one is removed)."""
+    written = []
+    for path in sorted(source.glob("*.ipynb")):
+        try:
+            cells = read_notebook(path).cells
+        except (ValueError, OSError):
+            continue
+        parts = []
+        for i, cell in enumerate(cells):
+            meta = cell.get("metadata", {}).get("nbgrader", {})
+            if cell.cell_type != "markdown" or not (meta.get("solution") and meta.get("grade")):
+                continue
+            text = cell.source
+            if _BEGIN in text and _END in text:
+                text = text.split(_BEGIN, 1)[1].split(_END, 1)[0]
+            before = cells[i - 1].source if i and cells[i - 1].cell_type == "markdown" else ""
+            parts.append(
+                f"## {meta.get('grade_id', '?')} ({fmt_score(meta.get('points', 0))} points)\n\n"
+                f"### The question\n\n{before.strip()}\n\n"
+                f"### Model answer and rubric\n\n{text.strip()}\n"
+            )
+        target = out / f"{path.stem}.md"
+        if not parts:
+            target.unlink(missing_ok=True)
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        head = (
+            f"# {path.stem}: written answers graded by hand\n\n"
+            "For graders only (from the solution notebook; never give this file to students). "
+            "Enter each score and comment in nbgrader's formgrader; `kdlib grade` keeps them.\n\n"
+        )
+        target.write_text(head + "\n".join(parts), encoding="utf-8")
+        written.append(target)
+    return written
+
+
 # ------------------------------------------------------------------ gradebooks of an LMS
 
 # Canvas: the columns of its gradebook export, which its import reads back: the student's
