@@ -104,3 +104,206 @@ def test_the_command_offers_the_formats():
     assert args.format == "canvas"
     with pytest.raises(SystemExit):
         parser.parse_args(["gradebook", "export", "--db", "sqlite:///x.db", "--format", "excel"])
+
+
+# ------------------------------------------------------------- the whole path, in a browser
+
+MODEL = "MODEL-ANSWER-7f3a: because the temperature flattens the teacher's distribution"
+STUDENT_TEXT = "The soft targets carry the teacher's similarities between classes."
+COMMENT = "Good: names the similarities; misses the temperature (GRADER-NOTE-91c2)."
+
+
+def _written_course(root):
+    """A course of one assignment: a function (autograded, 1 point) and a written answer
+    graded by hand (3 points), its model answer and rubric in the solution block."""
+    import shutil
+    from pathlib import Path
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    from kdlib.course.coursedir import ensure_alembic_on_path, load_course_config
+
+    def meta(grade_id, solution, grade, locked=False, points=None):
+        m = {"grade_id": grade_id, "solution": solution, "grade": grade, "locked": locked}
+        m["schema_version"] = 3
+        if points is not None:
+            m["points"] = points
+        return {"nbgrader": m}
+
+    nb = new_notebook(
+        cells=[
+            new_code_cell(
+                "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+                metadata=meta("double_answer", True, False),
+            ),
+            new_code_cell(
+                "assert double(2) == 4\nprint('ok')",
+                metadata=meta("test_double", False, True, locked=True, points=1),
+            ),
+            new_markdown_cell(
+                "In two sentences: why does a student learn more from soft targets?",
+                metadata=meta("question", False, False, locked=True),
+            ),
+            new_markdown_cell(
+                f"### BEGIN SOLUTION\n{MODEL}\n\nRubric (3 points): 2 for the similarities "
+                "between classes, 1 for the temperature.\n### END SOLUTION",
+                metadata=meta("why_written", True, True, points=3),
+            ),
+        ],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
+    name = "09_written"
+    (root / "solutions" / name).mkdir(parents=True)
+    nbformat.write(nb, root / "solutions" / name / f"{name}.ipynb")
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "nbgrader_config.py", root / "nbgrader_config.py")
+    from nbgrader.apps import NbGraderAPI
+
+    ensure_alembic_on_path()
+    cfg = load_course_config(root)
+    cfg.CourseDirectory.root = str(root)
+    cfg.CourseDirectory.db_url = f"sqlite:///{root / 'release.db'}"
+    result = NbGraderAPI(config=cfg).generate_assignment(name, force=True, create=True)
+    assert result["success"], result.get("log")
+    (root / "release.db").unlink()
+    return name
+
+
+def _kdlib_grade(course, *args):
+    import contextlib
+    import io
+    import os
+
+    from kdlib.course.cli import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(course)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["grade", *map(str, args)])
+    finally:
+        os.chdir(here)
+    assert code == 0, out.getvalue() + err.getvalue()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.notebooks
+def test_a_grader_scores_a_written_answer_in_the_formgrader_and_kdlib_grade_keeps_it(tmp_path):
+    """kdlib grade autogrades; a grader enters a score and a comment for the written answer in
+    nbgrader's formgrader (chromium); a second kdlib grade keeps them, grades.csv adds them
+    up and the feedback page shows them; the model answer is in the graders' rubric file and
+    in no released notebook."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import nbformat
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip("needs chromium (Debian's package 'chromium')")
+    course = tmp_path / "course"
+    name = _written_course(course)
+    released = nbformat.read(course / "notebooks" / name / f"{name}.ipynb", as_version=4)
+    assert MODEL not in nbformat.writes(released)  # never released
+    for cell in released.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id == "double_answer":
+            cell.source = "def double(x):\n    return x + x"
+        elif grade_id == "why_written":
+            cell.source = STUDENT_TEXT
+    subs = tmp_path / "collected"
+    (subs / "ada" / name).mkdir(parents=True)
+    nbformat.write(released, subs / "ada" / name / f"{name}.ipynb")
+    grading = course / "grading"  # the folders nbgrader_config.py names, as the formgrader reads
+
+    _kdlib_grade(course, name, "--submissions", subs, "--timeout", 120, "--skip-canary")
+    rubric = (grading / "rubrics" / name / f"{name}.md").read_text("utf-8")
+    assert MODEL in rubric and "why_written (3 points)" in rubric and "Rubric" in rubric
+    row = next(csv.DictReader(open(grading / "grades.csv", encoding="utf-8")))
+    assert (row["score"], row["max_score"], row[f"{name}:why_written"]) == ("1", "4", "0")
+    with Gradebook(f"sqlite:///{grading / 'gradebook.db'}", "kd-course") as gb:
+        snb = gb.find_submission_notebook(name, name, "ada")
+        assert snb.needs_manual_grade
+        submission_id = snb.id
+
+    port, token = _free_port(), "kdlib-test-token"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "server", "--no-browser", f"--port={port}",
+         "--ServerApp.ip=127.0.0.1", "--allow-root", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={course}"],
+        cwd=course, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            assert server.poll() is None, "the Jupyter server exited"
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page()
+            calls = []  # the formgrader's saves: (method, url, status)
+            page.on(
+                "response",
+                lambda r: (
+                    calls.append((r.request.method, r.url, r.status)) if "/api/" in r.url else None
+                ),
+            )
+            page.goto(f"{base}/login", timeout=120_000)  # log in with the token, as a grader
+            page.fill("input[name=password]", token)
+            page.click("button[type=submit]")
+            page.wait_for_load_state("networkidle", timeout=120_000)
+            page.goto(
+                f"{base}/formgrader/submissions/{submission_id}/",
+                wait_until="networkidle",
+                timeout=120_000,
+            )
+            page.wait_for_selector("#why_written", timeout=60_000)
+            assert STUDENT_TEXT in page.content()  # the grader reads the student's answer
+            page.fill("#why_written", "2.5")
+            page.press("#why_written", "Tab")
+            page.fill("#why_written-comment", COMMENT)
+            page.press("#why_written-comment", "Tab")
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                with Gradebook(f"sqlite:///{grading / 'gradebook.db'}", "kd-course") as gb:
+                    grade = gb.find_grade("why_written", name, name, "ada")
+                    comment = gb.find_comment("why_written", name, name, "ada")
+                    saved = (grade.manual_score, comment.manual_comment)
+                if saved == (2.5, COMMENT):
+                    break
+                time.sleep(0.5)
+            assert saved == (2.5, COMMENT), calls
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    _kdlib_grade(course, name, "--submissions", subs, "--timeout", 120, "--skip-canary")
+    with Gradebook(f"sqlite:///{grading / 'gradebook.db'}", "kd-course") as gb:
+        grade = gb.find_grade("why_written", name, name, "ada")
+        assert grade.manual_score == 2.5 and not grade.needs_manual_grade
+        assert gb.find_comment("why_written", name, name, "ada").manual_comment == COMMENT
+        assert gb.find_submission(name, "ada").score == 3.5
+    row = next(csv.DictReader(open(grading / "grades.csv", encoding="utf-8")))
+    assert (row["score"], row[f"{name}:why_written"]) == ("3.5", "2.5")
+    page = (grading / "feedback" / "ada" / name / f"{name}.html").read_text("utf-8")
+    assert "GRADER-NOTE-91c2" in page and "2.5" in page
+    assert MODEL not in page  # the feedback shows the student's answer, not the model answer
