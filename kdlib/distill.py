@@ -37,11 +37,11 @@ the epoch. BatchNorm statistics are rank 0's (DistributedDataParallel broadcasts
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -55,63 +55,46 @@ from kdlib.features import FeatureTaps
 from kdlib.logit_cache import TeacherLogitCache
 from kdlib.losses import KDLossParts, hard_loss, kd_loss
 from kdlib.metrics import as_class_index, evaluate
-from kdlib.runtime import fit_threads_to, pick_device, progress_enabled
+from kdlib.population import (
+    Population,
+    SeedTable,
+    check_seeds,
+    distill_population,
+    train_population,
+)
+from kdlib.runtime import fit_threads_to, pick_device, progress_enabled, seed_everything
 from kdlib.training import (
+    Batch,
     FirstBatchCheck,
     check_finite,
     epoch_means,
+    freeze,
+    is_frozen,
     make_optimizer,
     read_checkpoint,
+    stay_in_eval,
     write_checkpoint,
 )
 
 __all__ = ["freeze", "is_frozen", "stay_in_eval", "Batch", "Distiller", "train_supervised"]
 
-
-def stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
-    """What :func:`freeze` puts in place of ``Module.train``: a parent's ``.train()`` is
-    ignored, so a frozen module stays in eval mode."""
-    return self
+_SEEDS_DEFAULTS = {"amp": False, "channels_last": False, "augment": None, "combine_teachers": None}
 
 
-def freeze(model: nn.Module) -> nn.Module:
-    """Freeze a teacher: eval mode, ``requires_grad=False``, and kept in eval mode for good.
-
-    Its BatchNorm statistics and dropout stay fixed even if a parent module calls ``.train()``
-    (this module's ``train`` becomes :func:`stay_in_eval`). Returns the same model.
-    """
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for module in model.modules():
-        module.train = stay_in_eval.__get__(module)
-    model._kdlib_frozen = True
-    return model
-
-
-def is_frozen(model: nn.Module) -> bool:
-    """True when every parameter is frozen and the model is in eval mode."""
-    return (not model.training) and not any(p.requires_grad for p in model.parameters())
-
-
-@dataclass
-class Batch:
-    """What an extra loss term sees at each step.
-
-    ``inputs`` ``(B, ...)``, ``labels`` ``(B,)`` (-1 = unlabelled), ``index`` ``(B,)`` or None,
-    ``student_logits`` / ``teacher_logits`` ``(B, C)`` (teacher: None without a teacher,
-    detached otherwise), the tapped features by module name (teacher's detached), and
-    ``check``: whether the term should check its inputs (the loader's first batch).
-    """
-
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    index: torch.Tensor | None
-    student_logits: torch.Tensor
-    teacher_logits: torch.Tensor | None
-    student_features: dict = field(default_factory=dict)
-    teacher_features: dict = field(default_factory=dict)
-    check: bool = True
+def _refuse_with_seeds(**given) -> None:
+    """``ValueError`` naming the first argument that ``seeds=`` (a population) cannot honour."""
+    for name, value in given.items():
+        if name == "distributed":
+            if value is True:
+                raise ValueError(
+                    "distributed=True cannot be combined with seeds=: a population trains in "
+                    "one process (run one population per process instead)"
+                )
+        elif value is not _SEEDS_DEFAULTS[name] and value != _SEEDS_DEFAULTS[name]:
+            raise ValueError(
+                f"{name}={value!r} cannot be combined with seeds= (the population's loop does "
+                f"not have it): leave {name} at its default, or train the seeds one by one"
+            )
 
 
 def labels_only_loss(student_logits, teacher_logits, labels, label_smoothing=0.0, check=True):
@@ -188,7 +171,36 @@ class Distiller:
         label_smoothing: float = 0.0,
         progress: bool | None = None,
         distributed: bool | str = "auto",
+        seeds: Sequence[int] | None = None,
+        shuffle: str = "paired",
     ):
+        self.seeds = None
+        if seeds is not None:
+            self._plan_population(
+                student,
+                teacher,
+                seeds,
+                shuffle,
+                temperature,
+                alpha,
+                loss,
+                terms,
+                optimizer,
+                lr,
+                weight_decay,
+                lr_schedule,
+                device,
+                cache_teacher,
+                label_smoothing,
+            )
+            _refuse_with_seeds(
+                combine_teachers=combine_teachers,
+                amp=amp,
+                channels_last=channels_last,
+                augment=augment,
+                distributed=distributed,
+            )
+            return
         self.world_size, self.rank = kdist.join_process_group(distributed)
         self._place_models(student, teacher, combine_teachers, device, amp, channels_last)
         self._choose_loss(loss, temperature, alpha, label_smoothing)
@@ -388,6 +400,10 @@ class Distiller:
         """
         if val_loader is not None and _size(val_loader) == 0:
             raise ValueError("val_loader has no sample: pass val_loader=None for no validation")
+        if self.seeds is not None:
+            if checkpoint is not None or resume:
+                raise ValueError("checkpoint and resume cannot be combined with seeds=")
+            return self._fit_population(train_loader, epochs, val_loader)
         train_loader = self._training_data(train_loader)
         if resume and checkpoint is not None and self._checkpoint_exists(checkpoint):
             self.load_checkpoint(checkpoint, train_loader)
@@ -472,6 +488,161 @@ class Distiller:
             self._data = kept = (data, getattr(data, "x", None), loader)
         return kept[2]
 
+    def _plan_population(
+        self,
+        student,
+        teacher,
+        seeds,
+        shuffle,
+        temperature,
+        alpha,
+        loss,
+        terms,
+        optimizer,
+        lr,
+        weight_decay,
+        lr_schedule,
+        device,
+        cache_teacher,
+        label_smoothing,
+    ):
+        """``seeds=``: check the arguments now and keep them for :meth:`_fit_population`."""
+        self.seeds = check_seeds(seeds)
+        if isinstance(student, nn.Module) or not callable(student):
+            raise ValueError(
+                f"student: with seeds=, pass a function () -> nn.Module that builds one seed's "
+                f"model (called right after seed_everything(seed)), e.g. lambda: "
+                f"MLP(64, (32,), 10); got {type(student).__name__}"
+            )
+        if teacher is not None and not isinstance(teacher, nn.Module):
+            raise ValueError(
+                f"teacher: with seeds=, one trained nn.Module or None, got {type(teacher).__name__}"
+            )
+        if shuffle not in ("paired", "per-seed"):
+            raise ValueError(f"shuffle must be 'paired' or 'per-seed', got {shuffle!r}")
+        if isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(
+                "optimizer: with seeds=, a factory params -> optimizer (the population's "
+                "parameters are made later), not an optimizer"
+            )
+        if teacher is not None and label_smoothing:
+            raise ValueError("label_smoothing applies without a teacher only (teacher=None)")
+        self.student, self.teacher, self.shuffle = student, teacher, shuffle
+        self.history = []
+        self.population = None
+        self._population_args = dict(
+            temperature=temperature,
+            alpha=alpha,
+            loss=loss,
+            terms=terms,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            device=device,
+            cache_teacher=cache_teacher,
+            label_smoothing=label_smoothing,
+        )
+
+    def _fit_population(self, train_loader, epochs, val_loader):
+        """The seeds trained as one population (:mod:`kdlib.population`), or, for terms that
+        tap modules other than the model's named features, one Distiller per seed."""
+        a = dict(self._population_args)
+        loader = training_loader(train_loader, return_index=a["cache_teacher"])
+        common = dict(
+            optimizer=a["optimizer"],
+            lr=a["lr"],
+            weight_decay=a["weight_decay"],
+            lr_schedule=a["lr_schedule"],
+            shuffle=self.shuffle,
+            device=a["device"],
+        )
+        if self.teacher is None:
+            pop = train_population(
+                self.student,
+                self.seeds,
+                loader,
+                epochs,
+                val_loader,
+                label_smoothing=a["label_smoothing"],
+                **common,
+            )
+        elif self._taps_other_modules(a["terms"]):
+            pop = self._fit_seed_by_seed(loader, epochs, val_loader, a)
+        else:
+            pop = distill_population(
+                self.student,
+                self.seeds,
+                self.teacher,
+                loader,
+                epochs,
+                val_loader,
+                temperature=a["temperature"],
+                alpha=a["alpha"],
+                loss=a["loss"],
+                terms=a["terms"],
+                cache_teacher=a["cache_teacher"],
+                **common,
+            )
+        self.population, self.history = pop, pop.history
+        return SeedTable(pop, val_loader)
+
+    def _taps_other_modules(self, terms) -> bool:
+        terms = terms() if callable(terms) else list(terms)
+        with torch.random.fork_rng(devices=[]):
+            probe = self.student()
+        named = (
+            set(getattr(probe, "feature_names", ())),
+            set(self.teacher.feature_names) if hasattr(self.teacher, "feature_names") else set(),
+        )
+        return any(
+            not set(getattr(t, "student_features", ())) <= named[0]
+            or not set(getattr(t, "teacher_features", ())) <= named[1]
+            for t in terms
+        )
+
+    def _fit_seed_by_seed(self, loader, epochs, val_loader, a):
+        """One Distiller per seed (same batches for every seed, or each its own shuffle),
+        the trained models then stacked into a population."""
+        make_terms = a["terms"] if callable(a["terms"]) else (lambda: copy.deepcopy(a["terms"]))
+        if self.shuffle == "per-seed":
+            loaders = []
+            for s in self.seeds:
+                own = copy.copy(loader)
+                own.generator = torch.Generator(device="cpu").manual_seed(s)
+                loaders.append(own)
+        else:
+            loaders = [loader] * len(self.seeds)
+        generator = getattr(loader, "generator", None)
+        start = generator.get_state() if generator is not None else None
+        models, histories = [], []
+        for s, own in zip(self.seeds, loaders):
+            if start is not None and self.shuffle == "paired":
+                generator.set_state(start)
+            seed_everything(s)
+            model = self.student()
+            kwargs = {k: a[k] for k in ("temperature", "alpha", "loss", "optimizer", "lr")}
+            one = Distiller(
+                model,
+                self.teacher,
+                terms=make_terms(),
+                weight_decay=a["weight_decay"],
+                lr_schedule=a["lr_schedule"],
+                device=a["device"],
+                cache_teacher=a["cache_teacher"],
+                **kwargs,
+            )
+            histories.append(one.fit(own, epochs, val_loader=val_loader))
+            models.append(model)
+        pop = Population.from_members(models, self.seeds)
+        for e in range(epochs):
+            record = {"epoch": e + 1, "train_loss": sum(h[e]["train_loss"] for h in histories)}
+            record["train_loss"] /= len(self.seeds)
+            if val_loader is not None:
+                record["val_accuracy"] = [h[e]["val_accuracy"] for h in histories]
+            pop.history.append(record)
+        return pop
+
     def _checkpoint_exists(self, path) -> bool:  # (rank 0's answer, with several ranks)
         exists = Path(path).exists()
         return kdist.broadcast_object(exists) if self.world_size > 1 else exists
@@ -493,13 +664,37 @@ def train_supervised(
     channels_last: bool = False,
     progress: bool | None = None,
     distributed: bool | str = "auto",
-) -> list[dict]:
+    seeds: Sequence[int] | None = None,
+    shuffle: str = "paired",
+):
     """Train ``model`` on the labels alone (a teacher, or a baseline student); returns history.
 
     The same loop as :class:`Distiller` without a teacher: cross-entropy (optionally with label
     smoothing), samples labelled -1 skipped; ``train_loader`` a loader, a ``Split`` or an
     ``(x, y)`` pair. Under torchrun, on all the ranks (``distributed``).
+
+    ``seeds``: train one model per seed, all at once (``kdlib.population``): ``model`` is then
+    a function ``() -> nn.Module`` called right after ``seed_everything(seed)``, every seed
+    sees the same batches (``shuffle="paired"``) or the loader's shuffle with its own seed
+    (``"per-seed"``), and the result is a :class:`kdlib.population.SeedTable`, one row per
+    seed (its ``population`` holds the trained models). Each model equals that seed trained
+    alone by this function.
     """
+    if seeds is not None:
+        _refuse_with_seeds(amp=amp, channels_last=channels_last, distributed=distributed)
+        table = Distiller(
+            model,
+            None,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            device=device,
+            label_smoothing=label_smoothing,
+            seeds=seeds,
+            shuffle=shuffle,
+        )
+        return table.fit(train_loader, epochs=epochs, val_loader=val_loader)
     trainer = Distiller(
         model,
         None,

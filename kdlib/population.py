@@ -28,11 +28,16 @@ at once.
 
 BatchNorm keeps running statistics per member (the buffers are stacked too). Dropout draws
 different masks per member (``randomness="different"``), so a model with dropout trains
-correctly but does not repeat the masks of a run alone. What cannot be vectorised here (terms
-that own parameters, such as FitNets adapters, or tap a module that is not one of the model's
-named features) falls back to training the seeds one after the other with
-:class:`kdlib.distill.Distiller`, and says so once with a warning; the result has the same
-shape.
+correctly but does not repeat the masks of a run alone. Terms that own parameters (FitNets
+adapters) are not vectorised: the seeds then train one after the other, each as a population
+of one with its own adapter, and a warning says so once; the result has the same shape. A
+term that taps a module other than the model's named features is refused here
+(``kdlib.distill.Distiller(..., seeds=...)`` trains it seed by seed with hooks).
+
+A population of the course's ``SmallCNN`` runs *folded* (:func:`fold`): the members side by
+side in the channel dimension, ``(B, S * C, H, W)``, its convolutions grouped per member,
+rather than through ``vmap``, whose layout changes between layers cost more than the layers
+on a CPU (``benchmarks/README.md``).
 
 Models: ``MLP`` and ``SmallCNN`` with every loss here; ``TinyGPT`` (logits ``(B, T, V)``) on
 the text alone (:func:`train_population`: the next-token cross-entropy over the labelled
@@ -59,14 +64,16 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kdlib.data import TensorLoader
-from kdlib.distill import Batch, Distiller, freeze
 from kdlib.features import AttentionTerm
 from kdlib.losses import IGNORE_INDEX, DKDTerm, hard_loss, kd_loss
+from kdlib.models import SmallCNN
 from kdlib.runtime import pick_device, seed_everything
-from kdlib.training import FirstBatchCheck
+from kdlib.training import Batch, FirstBatchCheck, freeze
 
 __all__ = [
     "Population",
+    "SeedTable",
+    "fold",
     "check_seeds",
     "estimate_bytes",
     "train_population",
@@ -172,6 +179,7 @@ class Population:
         self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         self.buffers = buffers
         self.skeleton = copy.deepcopy(members[0])  # the structure (tied weights stay tied)
+        self.folded = fold(self.skeleton, len(self.seeds))
         self.history: list[dict] = []
 
     @classmethod
@@ -187,6 +195,7 @@ class Population:
         pop.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         pop.buffers = buffers
         pop.skeleton = copy.deepcopy(members[0])
+        pop.folded = fold(pop.skeleton, len(pop.seeds))
         pop.history = []
         return pop
 
@@ -213,12 +222,28 @@ class Population:
         of the course's models)."""
         self.skeleton.train(train)
         kwargs = {"return_features": True} if features else {}
+        if self.folded is not None:
+            return self._forward_folded(x, train, per_member, kwargs)
 
         def one(params, buffers, inputs):
             return functional_call(self.skeleton, (params, buffers), (inputs,), kwargs)
 
         dims = (0, 0, 0 if per_member else None)
         return vmap(one, in_dims=dims, randomness="different")(self.params, self.buffers, x)
+
+    def _forward_folded(self, x, train, per_member, kwargs):
+        """The members side by side in the channel dimension (see :func:`fold`): one model
+        with S times the channels, its convolutions grouped per member."""
+        S = len(self)
+        if per_member:  # (S, B, C, ...) -> (B, S * C, ...)
+            x = x.transpose(0, 1).flatten(1, 2)
+        self.folded.train(train)
+        out = functional_call(self.folded, (self.params, self.buffers), (x,), kwargs)
+        logits, feats = out if kwargs else (out, None)
+        logits = _unfold(logits, S)
+        if feats is None:
+            return logits
+        return logits, {k: _unfold(v, S) for k, v in feats.items()}
 
     @torch.no_grad()
     def logits(self, data, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,6 +301,174 @@ class Population:
 
     def members(self) -> list[nn.Module]:
         return [self.member(k) for k in range(len(self))]
+
+
+def _unfold(t: torch.Tensor, S: int) -> torch.Tensor:
+    """``(B, S * C, ...)`` -> ``(S, B, C, ...)`` (a view)."""
+    return t.unflatten(1, (S, -1)).transpose(0, 1)
+
+
+class _FoldedConv2d(nn.Module):
+    """S convolutions as one: weight ``(S, C_out, C_in / g, k, k)`` applied as one convolution
+    with ``S * g`` groups to ``(B, S * C_in, H, W)``, or, when every member sees the same input
+    ``(B, C_in, H, W)`` (the first layer), as one convolution with ``S * C_out`` filters."""
+
+    def __init__(self, conv: nn.Conv2d, S: int):
+        super().__init__()
+        self.in_channels, self.groups = conv.in_channels, conv.groups
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.weight = nn.Parameter(torch.empty(S, *conv.weight.shape, device="meta"))
+        self.bias = (
+            None
+            if conv.bias is None
+            else nn.Parameter(torch.empty(S, *conv.bias.shape, device="meta"))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        S = self.weight.shape[0]
+        groups = self.groups * S
+        if x.shape[1] == self.in_channels and S > 1:  # shared by the members
+            if self.groups == 1:
+                groups = 1
+            else:
+                x = x.repeat(1, S, 1, 1)
+        bias = None if self.bias is None else self.bias.flatten()
+        return F.conv2d(
+            x, self.weight.flatten(0, 1), bias, self.stride, self.padding, self.dilation, groups
+        )
+
+
+class _FoldedBatchNorm2d(nn.Module):
+    """S BatchNorms as one over ``(B, S * C, H, W)``: the statistics are per channel, so per
+    member and channel, as each member's own BatchNorm; the running statistics are updated in
+    place in the stacked buffers ``(S, C)``."""
+
+    def __init__(self, bn: nn.BatchNorm2d, S: int):
+        super().__init__()
+        self.eps, self.momentum = bn.eps, bn.momentum
+        for name, t in list(bn.named_parameters(recurse=False)):
+            setattr(self, name, nn.Parameter(torch.empty(S, *t.shape, device="meta")))
+        for name, t in list(bn.named_buffers(recurse=False)):
+            self.register_buffer(name, torch.empty(S, *t.shape, dtype=t.dtype, device="meta"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(
+            x,
+            self.running_mean.view(-1),
+            self.running_var.view(-1),
+            self.weight.flatten(),
+            self.bias.flatten(),
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+
+
+class _FoldedLinear(nn.Module):
+    """S linear layers as one: ``(B, S * C_in)`` (or ``(B, C_in)`` shared) to
+    ``(B, S * C_out)``, weight ``(S, C_out, C_in)``."""
+
+    def __init__(self, linear: nn.Linear, S: int):
+        super().__init__()
+        self.in_features = linear.in_features
+        self.weight = nn.Parameter(torch.empty(S, *linear.weight.shape, device="meta"))
+        self.bias = nn.Parameter(torch.empty(S, *linear.bias.shape, device="meta"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        S = self.weight.shape[0]
+        if x.shape[-1] == self.in_features and S > 1:  # shared by the members
+            out = torch.einsum("bc,skc->bsk", x, self.weight)
+        else:
+            out = torch.einsum("bsc,skc->bsk", x.unflatten(-1, (S, -1)), self.weight)
+        return (out + self.bias).flatten(1)
+
+
+_FOLD = {nn.Conv2d: _FoldedConv2d, nn.BatchNorm2d: _FoldedBatchNorm2d, nn.Linear: _FoldedLinear}
+
+
+def _channelwise_types() -> set[type]:
+    """The layers a SmallCNN is built from other than those of ``_FOLD`` (ReLU, its 2x2
+    max-pool, average pooling, flattening, dropout, Sequential): each acts on every channel
+    alone, so they run unchanged on the folded layout."""
+    with torch.random.fork_rng(devices=[]):  # the global random state stays as it was
+        reference = SmallCNN(1, 2, width=1, depth=1)
+    return {type(m) for m in reference.modules()} - set(_FOLD)
+
+
+def fold(model: nn.Module, S: int) -> nn.Module | None:
+    """``model`` rebuilt to run S members side by side in the channel dimension, or ``None``
+    when it cannot be (then the population runs ``vmap``).
+
+    The members' activations ``(S, B, C, H, W)`` are laid out as ``(B, S * C, H, W)``: a
+    convolution becomes one convolution with ``S`` times the groups, a BatchNorm one BatchNorm
+    over ``S * C`` channels (its statistics are per channel, so per member), and ReLU, max- and
+    average pooling, dropout and flattening run unchanged, each on its own channels. Nothing
+    moves between the layouts from layer to layer, which is where ``vmap`` spends its time on a
+    CPU for a small CNN. The folded model runs the model's own ``forward`` (its code, with
+    these layers swapped in) and takes the population's stacked tensors by name through
+    ``functional_call``. Only the course's :class:`kdlib.models.SmallCNN` is folded: a model
+    with other code between its layers (a residual sum over a channel-padded shortcut, an
+    attention) would mix the members.
+    """
+    if type(model) is not SmallCNN:
+        return None
+    channelwise = _channelwise_types()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and (
+            m.momentum is None or not m.track_running_stats or not m.affine
+        ):
+            return None
+        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+            return None
+        if isinstance(m, nn.Linear) and m.bias is None:
+            return None
+        if type(m) not in _FOLD and type(m) not in channelwise:
+            return None
+    folded = copy.deepcopy(model).to("meta")
+
+    def swap(parent: nn.Module):
+        for name, child in parent.named_children():
+            if type(child) in _FOLD:
+                setattr(parent, name, _FOLD[type(child)](child, S))
+            else:
+                swap(child)
+
+    swap(folded)
+    return folded
+
+
+class SeedTable(list):
+    """What ``train_supervised(..., seeds=...)`` and ``Distiller(..., seeds=...).fit`` return:
+    one row per seed, in seed order, a dict ``{"seed", "val_accuracy", "val_loss"}`` (the
+    last two with a ``val_loader``: each member's, after the last epoch).
+
+    Attributes:
+        population: the trained :class:`Population` (``member(k)``, ``evaluate``,
+            ``table(test=...)`` for more splits, ``accuracy``).
+        history: one dict per epoch (``train_loss``: the members' mean; ``val_accuracy``: a
+            list, one per seed).
+    """
+
+    def __init__(self, population: Population, val_loader=None):
+        if val_loader is not None:
+            rows = population.table(val=val_loader)
+        else:
+            rows = [{"seed": s} for s in population.seeds]
+        super().__init__(rows)
+        self.population = population
+        self.history = population.history
+
+    def column(self, name: str) -> list:
+        """The values of one column, in seed order, e.g. ``table.column("val_accuracy")``."""
+        if not self or name not in self[0]:
+            raise ValueError(f"no column {name!r}; the columns are {list(self[0]) if self else []}")
+        return [row[name] for row in self]
+
+    def models(self) -> list[nn.Module]:
+        """The trained members as ordinary models, in seed order."""
+        return self.population.members()
 
 
 def _pairs(data, batch_size: int):
@@ -337,16 +530,18 @@ def _train(
     lr_schedule,
     shuffle: str,
     features: tuple = (),
+    extra_params: Sequence[torch.Tensor] = (),
 ) -> Population:
     """The loop shared by both entry points: one step updates every member. ``features``:
-    ``(student names, teacher names)`` of the features the loss needs, or empty."""
+    ``(student names, teacher names)`` of the features the loss needs, or empty;
+    ``extra_params``: trained with the members (a population of one seed's adapters)."""
     loaders = _member_loaders(train_loader, pop.seeds, shuffle)
     has_unlabelled = isinstance(train_loader, TensorLoader) and bool(
         (train_loader.y == IGNORE_INDEX).any()
     )
     if loaders is not None and has_unlabelled:
         stacked_loss = None  # members' labelled counts differ: the stacked mean is not exact
-    opt = optimizer(pop.parameters())
+    opt = optimizer(pop.parameters() + list(extra_params))
     scheduler = lr_schedule(opt) if lr_schedule is not None else None
     S = len(pop)
     first_batch = FirstBatchCheck()  # the losses check the first batch only, as in the Distiller
@@ -576,10 +771,11 @@ def distill_population(
     plus ``term.weight * term(batch)`` for each term; :class:`kdlib.losses.DKDTerm` is
     vectorised, so ``alpha=1.0, terms=[DKDTerm()]`` is DKD, and so is ``AttentionTerm``; a
     ``RelationTerm`` (RKD, SP), a custom ``loss(z_S, z_T, y)`` or another term runs member by
-    member on the vectorised outputs; a term with parameters (``HintTerm``'s adapter) falls
-    back to one Distiller per seed, with a warning. ``terms`` may be a factory
-    ``() -> list of terms``, called for each seed right after its model is made (so that an
-    adapter starts as it would in that seed's run alone); a plain list is copied for each seed.
+    member on the vectorised outputs; a term with parameters (``HintTerm``'s adapter) trains
+    the seeds one after the other, a population of one each, with a warning. ``terms`` may be
+    a factory ``() -> list of terms``, called for each seed right after its model is made (so
+    that an adapter starts as it would in that seed's run alone); a plain list is copied for
+    each seed.
 
     ``cache_teacher``: the teacher's logits of every training sample are computed once, before
     the first step (a ``TensorLoader`` with ``return_index=True`` and no transform). The
@@ -595,24 +791,41 @@ def distill_population(
             f"{type(teacher).__name__}; several teachers: train with Distiller"
         )
     terms = list(terms)
-    student_names = {n for t in terms for n in getattr(t, "student_features", ())}
-    teacher_names = {n for t in terms for n in getattr(t, "teacher_features", ())}
     seed_everything(check_seeds(seeds)[0])
     probe = model_fn()  # which features the model hands out (model(x, return_features=True))
-    looped = [
+    unknown = [
         t
         for t in terms
-        if (isinstance(t, nn.Module) and any(p.requires_grad for p in t.parameters()))
-        or not set(getattr(t, "student_features", ())) <= set(getattr(probe, "feature_names", ()))
+        if not set(getattr(t, "student_features", ())) <= set(getattr(probe, "feature_names", ()))
         or not set(getattr(t, "teacher_features", ())) <= set(getattr(teacher, "feature_names", ()))
     ]
+    if unknown:
+        raise ValueError(
+            f"terms: {', '.join(type(t).__name__ for t in unknown)} taps features the models "
+            f"do not hand out (model(x, return_features=True) gives "
+            f"{tuple(getattr(probe, 'feature_names', ()))} for the student, "
+            f"{tuple(getattr(teacher, 'feature_names', ()))} for the teacher): train with "
+            f"kdlib.distill.Distiller(..., seeds=...), which taps any module"
+        )
+    for t in terms:
+        if not hasattr(t, "weight"):
+            raise ValueError(f"term {t!r} has no 'weight' attribute")
+    looped = [t for t in terms if _trainable(t)]
+    recipe = dict(
+        temperature=temperature,
+        alpha=alpha,
+        loss=loss,
+        optimizer=optimizer or _adam_factory(lr, weight_decay),
+        lr_schedule=lr_schedule,
+        cache_teacher=cache_teacher,
+    )
     if looped:
         names = ", ".join(type(t).__name__ for t in looped)
         _say_once(
             f"loop:{names}",
-            f"distill_population: {names} has parameters (an adapter) or taps "
-            f"features the model does not return, and is not vectorised: training the "
-            f"seeds one by one with Distiller",
+            f"distill_population: {names} has parameters (an adapter) and is not "
+            f"vectorised: training the seeds one by one (a population of one seed each, with "
+            f"its own adapter)",
         )
         return _distill_one_by_one(
             model_fn,
@@ -621,29 +834,36 @@ def distill_population(
             train_loader,
             epochs,
             val_loader,
-            terms=make_terms or (lambda: copy.deepcopy(terms)),
-            temperature=temperature,
-            alpha=alpha,
-            loss=loss,
-            lr=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            lr_schedule=lr_schedule,
-            cache_teacher=cache_teacher,
-            device=device,
-            shuffle=shuffle,
+            make_terms or (lambda: copy.deepcopy(terms)),
+            recipe,
+            device,
+            shuffle,
         )
     pop = Population(model_fn, seeds, device, max_bytes)
+    return _distill(pop, teacher, terms, train_loader, epochs, val_loader, recipe, shuffle)
+
+
+def _trainable(term) -> bool:
+    """Whether a term has parameters to train (an adapter)."""
+    return isinstance(term, nn.Module) and any(p.requires_grad for p in term.parameters())
+
+
+def _distill(pop, teacher, terms, train_loader, epochs, val_loader, recipe, shuffle):
+    """Train ``pop`` from ``teacher`` with ``kd_loss`` (or ``recipe["loss"]``) and ``terms``;
+    the parameters of the terms (one seed's adapters) train with it."""
     teacher = freeze(teacher.to(pop.device))
-    for t in terms:
-        if not hasattr(t, "weight"):
-            raise ValueError(f"term {t!r} has no 'weight' attribute")
+    terms = [t.to(pop.device) if isinstance(t, nn.Module) else t for t in terms]
+    loss = recipe["loss"]
+    student_names = {n for t in terms for n in getattr(t, "student_features", ())}
+    teacher_names = {n for t in terms for n in getattr(t, "teacher_features", ())}
 
     def base(z, t, y, check):
         if loss is not None:
             out = loss(z, t, y)
             return out.total if hasattr(out, "total") else out
-        return kd_loss(z, t, y, temperature=temperature, alpha=alpha, check=check)
+        return kd_loss(
+            z, t, y, temperature=recipe["temperature"], alpha=recipe["alpha"], check=check
+        )
 
     def with_terms(z, t, y, sf, tf, check=True):
         total = base(z, t, y, check)
@@ -654,7 +874,7 @@ def distill_population(
     # averages over the samples of a batch: the stacked mean is the mean of the members' losses
     # (a relation term, RKD or SP, relates the samples of a batch: it runs member by member)
     separable = loss is None and all(isinstance(t, (DKDTerm, AttentionTerm)) for t in terms)
-    if not separable:
+    if not separable and len(pop) > 1:
         _say_once(
             "member-loss",
             "distill_population: a custom loss or term runs member by "
@@ -663,8 +883,9 @@ def distill_population(
 
     features = (student_names, teacher_names) if student_names or teacher_names else ()
     teacher_fn = _teacher_logits_fn(
-        teacher, pop.device, train_loader, cache_teacher, bool(teacher_names)
+        teacher, pop.device, train_loader, recipe["cache_teacher"], bool(teacher_names)
     )
+    extra = [p for t in terms if _trainable(t) for p in t.parameters() if p.requires_grad]
     return _train(
         pop,
         train_loader,
@@ -673,18 +894,20 @@ def distill_population(
         with_terms,
         with_terms if separable else None,
         teacher_fn,
-        optimizer or _adam_factory(lr, weight_decay),
-        lr_schedule,
+        recipe["optimizer"],
+        recipe["lr_schedule"],
         shuffle,
         features,
+        list({id(p): p for p in extra}.values()),
     )
 
 
 def _distill_one_by_one(
-    model_fn, seeds, teacher, train_loader, epochs, val_loader, *, device, shuffle, terms, **kwargs
+    model_fn, seeds, teacher, train_loader, epochs, val_loader, make_terms, recipe, device, shuffle
 ) -> Population:
-    """The fallback: one Distiller per seed (with ``terms()``, a fresh set of terms, made right
-    after the seed's model), then the trained members stacked."""
+    """The fallback for terms with parameters: one population of one seed after the other,
+    each with a fresh set of terms (``make_terms()``, made right after the seed's model, as in
+    that seed's run alone), then the trained members stacked."""
     seeds = check_seeds(seeds)
     loaders = _member_loaders(train_loader, seeds, shuffle) or [train_loader] * len(seeds)
     generator = getattr(train_loader, "generator", None)
@@ -693,11 +916,11 @@ def _distill_one_by_one(
     for s, loader in zip(seeds, loaders):
         if start is not None:  # the paired design: every seed sees the same batches
             generator.set_state(start)
-        seed_everything(s)
-        model = model_fn()
-        distiller = Distiller(model, teacher, device=device, terms=terms(), **kwargs)
-        histories.append(distiller.fit(loader, epochs, val_loader=val_loader))
-        members.append(model)
+        one = Population(model_fn, [s], device)
+        terms = list(make_terms())
+        one = _distill(one, teacher, terms, loader, epochs, val_loader, recipe, "paired")
+        members.append(one.member(0))
+        histories.append(one.history)
     pop = Population.from_members(members, seeds)
     pop.model_fn = model_fn
     for e in range(epochs):
@@ -706,6 +929,6 @@ def _distill_one_by_one(
             "train_loss": sum(h[e]["train_loss"] for h in histories) / len(seeds),
         }
         if val_loader is not None:
-            record["val_accuracy"] = [h[e]["val_accuracy"] for h in histories]
+            record["val_accuracy"] = [h[e]["val_accuracy"][0] for h in histories]
         pop.history.append(record)
     return pop

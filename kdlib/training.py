@@ -18,19 +18,25 @@ The loops (``kdlib.distill.Distiller`` and its ``SequenceDistiller`` in ``kdlib.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from kdlib import distributed as kdist
 
 __all__ = [
+    "Batch",
     "FirstBatchCheck",
     "adam",
     "check_finite",
     "epoch_means",
+    "freeze",
+    "is_frozen",
     "make_optimizer",
     "read_checkpoint",
+    "stay_in_eval",
     "write_checkpoint",
 ]
 
@@ -136,3 +142,53 @@ def read_checkpoint(path: str | Path, device, loader=None, broadcast: bool = Fal
     if generator is not None and state.get("loader_rng") is not None:
         generator.set_state(state["loader_rng"].cpu())
     return state
+
+
+# What the Distiller and the populations share (here so that kdlib.population needs no
+# kdlib.distill, which trains populations for seeds=); kdlib.distill re-exports them.
+
+
+def stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    """What :func:`freeze` puts in place of ``Module.train``: a parent's ``.train()`` is
+    ignored, so a frozen module stays in eval mode."""
+    return self
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Freeze a teacher: eval mode, ``requires_grad=False``, and kept in eval mode for good.
+
+    Its BatchNorm statistics and dropout stay fixed even if a parent module calls ``.train()``
+    (this module's ``train`` becomes :func:`stay_in_eval`). Returns the same model.
+    """
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in model.modules():
+        module.train = stay_in_eval.__get__(module)
+    model._kdlib_frozen = True
+    return model
+
+
+def is_frozen(model: nn.Module) -> bool:
+    """True when every parameter is frozen and the model is in eval mode."""
+    return (not model.training) and not any(p.requires_grad for p in model.parameters())
+
+
+@dataclass
+class Batch:
+    """What an extra loss term sees at each step.
+
+    ``inputs`` ``(B, ...)``, ``labels`` ``(B,)`` (-1 = unlabelled), ``index`` ``(B,)`` or None,
+    ``student_logits`` / ``teacher_logits`` ``(B, C)`` (teacher: None without a teacher,
+    detached otherwise), the tapped features by module name (teacher's detached), and
+    ``check``: whether the term should check its inputs (the loader's first batch).
+    """
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor | None
+    student_logits: torch.Tensor
+    teacher_logits: torch.Tensor | None
+    student_features: dict = field(default_factory=dict)
+    teacher_features: dict = field(default_factory=dict)
+    check: bool = True

@@ -247,3 +247,70 @@ def test_tinygpt_on_text_alone_equals_each_seed_alone():
         alone = gpt()
         SequenceDistiller(alone, None, lr=3e-3, device="cpu").fit(text(), 2)
         assert_same_state(alone, pop.member(k))
+
+
+def test_train_supervised_with_seeds_gives_a_table_of_each_seed_alone(digits):
+    table = train_supervised(
+        cnn, loader(digits), EPOCHS, digits.val, lr=1e-2, device="cpu", seeds=SEEDS
+    )
+    assert [row["seed"] for row in table] == SEEDS
+    assert set(table[0]) == {"seed", "val_accuracy", "val_loss"}
+    for k, s in enumerate(SEEDS):
+        seed_everything(s)
+        alone = cnn()
+        history = train_supervised(alone, loader(digits), EPOCHS, digits.val, lr=1e-2, device="cpu")
+        assert_same_state(alone, table.models()[k])
+        assert table[k]["val_accuracy"] == pytest.approx(history[-1]["val_accuracy"], abs=1e-9)
+    assert table.column("val_accuracy") == [row["val_accuracy"] for row in table]
+    assert len(table.history) == EPOCHS
+
+
+@pytest.mark.parametrize("shuffle", ["paired", "per-seed"])
+def test_distiller_with_seeds_equals_each_seed_alone(digits, teacher, shuffle):
+    kw = dict(temperature=4.0, alpha=0.5, lr=1e-2, device="cpu")
+    table = Distiller(mlp, teacher, seeds=SEEDS, shuffle=shuffle, **kw).fit(loader(digits), 2)
+    for k, s in enumerate(SEEDS):
+        seed_everything(s)
+        alone = mlp()
+        own = loader(digits) if shuffle == "paired" else digits.train.loader(64, True, seed=s)
+        Distiller(alone, teacher, **kw).fit(own, 2)
+        assert_same_state(alone, table.population.member(k))
+
+
+def test_distiller_with_seeds_runs_terms_on_other_modules_seed_by_seed(digits, teacher):
+    from kdlib.features import HintTerm
+
+    def terms():  # "block2.0" (the convolution) is not one of the named features
+        return [HintTerm("block2.0", "block1", 8, 8, weight=1.0)]
+
+    kw = dict(temperature=4.0, alpha=0.5, lr=1e-2, device="cpu")
+    table = Distiller(cnn, teacher, seeds=SEEDS[:2], terms=terms, **kw).fit(loader(digits), 1)
+    for k, s in enumerate(SEEDS[:2]):
+        seed_everything(s)
+        alone = cnn()
+        Distiller(alone, teacher, terms=terms(), **kw).fit(loader(digits), 1)
+        assert_same_state(alone, table.population.member(k))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(seeds=[]), "seeds is empty"),
+        (dict(seeds=0), "seeds must be a list"),
+        (dict(seeds=[1, -2]), "seeds must be >= 0"),
+        (dict(seeds=[0], amp=True), "amp=True cannot be combined with seeds="),
+        (dict(seeds=[0], distributed=True), "distributed=True cannot"),
+    ],
+)
+def test_train_supervised_refuses_bad_seeds_by_name(digits, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train_supervised(mlp, loader(digits), 1, device="cpu", **kwargs)
+
+
+def test_distiller_with_seeds_needs_a_model_function(teacher):
+    with pytest.raises(ValueError, match="student: with seeds=, pass a function"):
+        Distiller(mlp(), teacher, seeds=[0, 1])
+    with pytest.raises(ValueError, match="seeds is empty"):
+        Distiller(mlp, teacher, seeds=())
+    with pytest.raises(ValueError, match="augment=.* cannot be combined with seeds="):
+        Distiller(mlp, teacher, seeds=[0], augment=lambda x: x)

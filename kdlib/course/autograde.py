@@ -459,7 +459,11 @@ def merge_grades(
                     target.auto_score, target.needs_manual_grade = 0.0, True
                 else:
                     target.auto_score = grade.auto_score
-                    target.needs_manual_grade = grade.needs_manual_grade
+                    # a written answer a grader has scored stays graded; one not yet scored
+                    # waits for a grader
+                    target.needs_manual_grade = grade.needs_manual_grade and (
+                        target.manual_score is None
+                    )
             for comment in snb.comments:
                 dst.find_comment(
                     comment.name, snb.name, assignment, student

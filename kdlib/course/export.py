@@ -103,6 +103,120 @@ def export_grades(
     return columns, rows
 
 
+# ----------------------------------------------------------- model answers for the graders
+
+_BEGIN, _END = "### BEGIN SOLUTION", "### END SOLUTION"
+
+
+def write_rubrics(source: Path, out: Path) -> list[Path]:
+    """For each notebook of the assignment folder ``source`` with manually graded written
+    answers (markdown cells with nbgrader ``solution`` and ``grade``), write
+    ``out/<notebook>.md``: per answer its grade id, points, the question (the markdown cell
+    before it) and the model answer with its marking rubric (the source's solution block).
+
+    nbgrader's formgrader shows a grader the student's answer and a box for the score and a
+    comment, not the source's solution; this file, in the grading folder beside the
+    submissions (open it next to the formgrader), is where graders read what earns the
+    points. It is never released: ``grading/`` is not in the repository, ``notebooks/`` or
+    the student edition. Rewritten on every run; a notebook with no written answer gets no
+    file (and an old one is removed)."""
+    written = []
+    for path in sorted(source.glob("*.ipynb")):
+        try:
+            cells = read_notebook(path).cells
+        except (ValueError, OSError):
+            continue
+        parts = []
+        for i, cell in enumerate(cells):
+            meta = cell.get("metadata", {}).get("nbgrader", {})
+            if cell.cell_type != "markdown" or not (meta.get("solution") and meta.get("grade")):
+                continue
+            text = cell.source
+            if _BEGIN in text and _END in text:
+                text = text.split(_BEGIN, 1)[1].split(_END, 1)[0]
+            before = cells[i - 1].source if i and cells[i - 1].cell_type == "markdown" else ""
+            parts.append(
+                f"## {meta.get('grade_id', '?')} ({fmt_score(meta.get('points', 0))} points)\n\n"
+                f"### The question\n\n{before.strip()}\n\n"
+                f"### Model answer and rubric\n\n{text.strip()}\n"
+            )
+        target = out / f"{path.stem}.md"
+        if not parts:
+            target.unlink(missing_ok=True)
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        head = (
+            f"# {path.stem}: written answers graded by hand\n\n"
+            "For graders only (from the solution notebook; never give this file to students). "
+            "Enter each score and comment in nbgrader's formgrader; `kdlib grade` keeps them.\n\n"
+        )
+        target.write_text(head + "\n".join(parts), encoding="utf-8")
+        written.append(target)
+    return written
+
+
+# ------------------------------------------------------------------ gradebooks of an LMS
+
+# Canvas: the columns of its gradebook export, which its import reads back: the student's
+# name, Canvas ID, SIS User ID, SIS Login ID and section, then one column per assignment, and
+# a second row "Points Possible" with each assignment's maximum. Documented for instructors in
+# "Import a CSV file to Carmen grades" (The Ohio State University, CarmenCanvas guides,
+# https://teaching.resources.osu.edu/toolsets/carmencanvas/guides/calculating-final-grades/
+# import-csv-file-carmen-grades): one of Student / ID / SIS User ID identifies the student, then
+# SIS Login ID, Section, and the assignments; a new assignment column creates the assignment.
+CANVAS_COLUMNS = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
+# Moodle: "Grade import" (MoodleDocs, https://docs.moodle.org/311/en/Grade_import): a CSV with a
+# header row, mapped on import from a user column ("Email address" to useremail, or "ID number"
+# to useridnumber) and one column per grade item.
+MOODLE_COLUMNS = ["First name", "Last name", "ID number", "Email address"]
+LMS_FORMATS = ("canvas", "moodle")
+
+
+def lms_grades(
+    db_url: str, course_id: str, assignments: list[str], fmt: str
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Columns and rows of the CSV a ``fmt`` gradebook (``"canvas"`` or ``"moodle"``) imports:
+    one row per student of the gradebook, one column per assignment with the student's total
+    score (autograded and manual grades together, as nbgrader sums them; empty where the
+    student submitted nothing). Students are identified by their nbgrader id (Canvas: SIS User
+    ID and SIS Login ID; Moodle: ID number) and, where the gradebook has them, name, email
+    and LMS user id."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    if fmt not in LMS_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(LMS_FORMATS)}, got {fmt!r}")
+    with Gradebook(db_url, course_id) as gb:
+        found = []
+        for name in assignments:
+            try:
+                found.append(gb.find_assignment(name))
+            except MissingEntry:
+                continue
+        names = [a.name for a in found]
+        scores = {
+            (sub.student.id, a.name): fmt_score(sub.score) for a in found for sub in a.submissions
+        }
+        maxima = {a.name: fmt_score(a.max_score) for a in found}
+        students = [
+            (st.id, st.first_name or "", st.last_name or "", st.email or "", st.lms_user_id or "")
+            for st in sorted(gb.students, key=lambda st: st.id)
+        ]
+    rows: list[dict[str, str]] = []
+    if fmt == "canvas":
+        columns = CANVAS_COLUMNS + names
+        rows.append({"Student": "    Points Possible", **maxima})
+        for sid, first, last, _email, lms_id in students:
+            name = f"{last}, {first}" if last and first else (last or first or sid)
+            row = {"Student": name, "ID": lms_id, "SIS User ID": sid, "SIS Login ID": sid}
+            rows.append({**row, "Section": "", **{a: scores.get((sid, a), "") for a in names}})
+    else:
+        columns = MOODLE_COLUMNS + names
+        for sid, first, last, email, _lms_id in students:
+            row = {"First name": first, "Last name": last, "ID number": sid, "Email address": email}
+            rows.append({**row, **{a: scores.get((sid, a), "") for a in names}})
+    return columns, rows
+
+
 def _neutral(value):
     """A CSV cell a spreadsheet will not run: text starting with = + - @ (or a tab or carriage
     return) gets a leading apostrophe; numbers are left alone."""
@@ -160,6 +274,7 @@ def export_all(
     out: Path,
     assignments: list[str] | None = None,
     csv_path: Path | None = None,
+    fmt: str = "grades",
 ) -> tuple[Path, Path, int]:
     """Write ``grades.csv``, ``issues.csv`` and the feedback pages of ``assignments`` (default:
     every assignment of the course) from the gradebook at ``db_url`` into ``out``. Returns the
@@ -177,6 +292,9 @@ def export_all(
     names = list(assignments or source_assignments(source_dir))
     columns, rows = export_grades(db_url, course_id, names, source_dir)
     csv_path = csv_path or out / "grades.csv"
+    if fmt != "grades":  # the LMS's file, beside (not instead of) grades.csv
+        lms_columns, lms_rows = lms_grades(db_url, course_id, names, fmt)
+        write_csv(out / f"grades-{fmt}.csv", lms_columns, lms_rows)
     write_csv(csv_path, columns, rows)
     issues, pages = load_shards(db_url)
     issues = [i for i in issues if not assignments or i[0] in names or not i[0]]
@@ -230,6 +348,13 @@ def add_arguments(parser, path=("gradebook", "export")) -> None:
         metavar="FILE",
         help="where to write the grades (default: <out>/grades.csv)",
     )
+    parser.add_argument(
+        "--format",
+        default="grades",
+        choices=("grades", *LMS_FORMATS),
+        help="also write <out>/grades-canvas.csv or grades-moodle.csv: the CSV that gradebook "
+        "imports (one column per assignment, manual grades included)",
+    )
 
 
 def main(args) -> int:
@@ -245,12 +370,19 @@ def main(args) -> int:
         db_url = resolve_db_url(args.db, out)
         check_database(db_url)
         grades, issues, pages = export_all(
-            db_url, course, out, args.assignments, Path(args.csv).resolve() if args.csv else None
+            db_url,
+            course,
+            out,
+            args.assignments,
+            Path(args.csv).resolve() if args.csv else None,
+            args.format,
         )
     except (GradingError, GradebookError) as exc:
         print(f"kdlib gradebook export: {exc}", file=sys.stderr)
         return 2
     print(f"grades:   {grades}")
+    if args.format != "grades":
+        print(f"{args.format}:   {out / f'grades-{args.format}.csv'}")
     print(f"issues:   {issues}")
     print(f"feedback: {out / 'feedback'} ({pages} page(s))")
     return 0

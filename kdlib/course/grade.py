@@ -77,7 +77,7 @@ from kdlib.course.coursedir import (
     load_course_config,
     source_assignments,
 )
-from kdlib.course.export import Report, write_reports
+from kdlib.course.export import Report, write_reports, write_rubrics
 from kdlib.course.gradebook import (
     GradebookError,
     check_database,
@@ -178,6 +178,8 @@ def grade(
                 for name in prepared
                 if _register_assignment(run, api, name, sum(s.assignment == name for s in subs))
             ]
+        for name in registered:  # the model answers and rubrics, for the graders only
+            write_rubrics(run.source_dir / name, run.out / "rubrics" / name)
         todo = []
         for name in registered:
             template, checksums = prepared[name]
