@@ -572,8 +572,8 @@ def _train(
                 t, tf = t[0], {k: v for k, v in t[1].items() if k in features[1]}
                 if not per_member:
                     tf = {k: v.expand(S, *v.shape) for k, v in tf.items()}
-            if t is not None and t.dim() == 2:
-                t = t.expand(S, *t.shape)
+            if t is not None and t.dim() == z.dim() - 1:  # one teacher output for all members
+                t = t.expand(S, *t.shape)  # (B, C) or a language model's (B, T, V)
             if stacked_loss is not None:
                 loss = stacked_loss(
                     z.flatten(0, 1),

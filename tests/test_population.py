@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdlib import data, models
 from kdlib import population as population_module
+from kdlib.data import TensorLoader
 from kdlib.distill import Distiller, train_supervised
 from kdlib.features import AttentionTerm
 from kdlib.losses import DKDTerm
@@ -247,6 +249,37 @@ def test_tinygpt_on_text_alone_equals_each_seed_alone():
         alone = gpt()
         SequenceDistiller(alone, None, lr=3e-3, device="cpu").fit(text(), 2)
         assert_same_state(alone, pop.member(k))
+
+
+def test_a_language_teachers_logits_reach_every_member_whole():
+    """A teacher's (B, T, V) logits are shared by the members, not indexed by member."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 12, (32, 9), generator=g)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    def gpt():
+        return models.TinyGPT(12, context=8, d_model=16, n_layers=1, n_heads=2)
+
+    teacher = gpt().eval()
+    seen = []
+
+    def loss(z, t, y):  # z, t: (B, T, V) for one member
+        seen.append(t.detach().clone())
+        return F.kl_div(
+            F.log_softmax(z, -1).flatten(0, 1),
+            F.log_softmax(t, -1).flatten(0, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+
+    loader = TensorLoader(x, y, batch_size=16)
+    distill_population(gpt, SEEDS[:2], teacher, loader, 1, lr=1e-3, device="cpu", loss=loss)
+    with torch.no_grad():
+        expected = [teacher(xb) for xb, _ in loader]
+    assert len(seen) == 2 * len(expected)  # two members, every batch
+    for k, t in enumerate(seen):
+        assert t.shape == (16, 8, 12)
+        torch.testing.assert_close(t, expected[k // 2])
 
 
 def test_train_supervised_with_seeds_gives_a_table_of_each_seed_alone(digits):
