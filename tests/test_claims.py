@@ -200,8 +200,9 @@ def test_claims_07(course):
     _, results = course
     # the comparisons of the text are claims (no born-again gain above 2 points; independent
     # ensemble above one model and above BANE; the taught half-width copy below the one alone;
-    # an equal MLP pair within 2 points; with few labels the MLP gains from the CNN, the CNN
-    # gains nothing): checked by test_every_recorded_claim_holds. Every sentence has its claim:
+    # an equal MLP pair within 2 points; with few labels the MLP gains more than the CNN and is
+    # not below itself alone, the CNN gains nothing): checked by
+    # test_every_recorded_claim_holds. Every sentence has its claim:
     ids = {c["id"] for c in results["07_self_and_online"].claims}
     assert ids == {
         "born_again_no_gain",
@@ -209,7 +210,8 @@ def test_claims_07(course):
         "bane_below_independent_ensemble",
         "half_width_taught_below_alone",
         "dml_equal_pair_within_2",
-        "dml_weak_partner_gains",
+        "dml_weak_partner_gains_more",
+        "dml_weak_partner_not_below",
         "dml_strong_partner_no_gain",
     }
     assert f["n_seeds"] >= 8
@@ -221,9 +223,8 @@ def test_claims_08(course):
     f = figures(course, "08_multi_teacher")
     _, results = course
     teachers = ("cnn_32x2", "cnn_8x3", "mlp_256_128")
-    # section 1: "the averaged ensemble is at least as accurate as its best member"
-    best = max(f[f"teacher_{t}_test_accuracy"] for t in teachers)
-    assert f["teacher_ensemble_test_accuracy"] >= best
+    # section 1 no longer states that the averaged ensemble is at least as accurate as its best
+    # member (not true on seeds 2 and 3): the ensemble's accuracy is printed, not claimed
     # section 3: "every teacher's student beats the student without a teacher" (also a claim,
     # on the weakest teacher's student over the paired seeds)
     assert all(f[f"student_{t}"] > f["student_no_teacher"] for t in teachers)
