@@ -226,21 +226,48 @@ def test_claims_06(course):
 
 def test_claims_07(course):
     f = figures(course, "07_self_and_online")
-    # section 1: "both ensembles are above [generation 0] in this run"
-    assert f["bane_accuracy"] > f["born_again_generation0_accuracy"]
-    assert f["independent_ensemble_accuracy"] > f["born_again_generation0_accuracy"]
-    # section 2: "the taught copy ends below the one trained alone": a claim with its interval
-    # over paired seeds (test_every_recorded_claim_holds); the larger-std rule it replaced is gone
+    _, results = course
+    # the comparisons of the text are claims (no born-again gain above 2 points; independent
+    # ensemble above one model and above BANE; the taught half-width copy below the one alone;
+    # an equal MLP pair within 2 points; with few labels the MLP learning with the CNN is not
+    # below itself alone, the CNN gains nothing): checked by
+    # test_every_recorded_claim_holds. Every sentence has its claim:
+    ids = {c["id"] for c in results["07_self_and_online"].claims}
+    assert ids == {
+        "born_again_no_gain",
+        "independent_ensemble_beats_single",
+        "bane_below_independent_ensemble",
+        "half_width_taught_below_alone",
+        "dml_equal_pair_within_2",
+        "dml_weak_partner_not_below",
+        "dml_strong_partner_no_gain",
+    }
+    assert f["n_seeds"] >= 8
+    # section 2: the half-width copy has "under a third of the parameters"
+    assert 3 * f["half_width_parameters"] < f["full_width_parameters"]
 
 
 def test_claims_08(course):
     f = figures(course, "08_multi_teacher")
+    _, results = course
     teachers = ("cnn_32x2", "cnn_8x3", "mlp_256_128")
-    # section 1: "the averaged ensemble is at least as accurate as its best member"
-    best = max(f[f"teacher_{t}_test_accuracy"] for t in teachers)
-    assert f["teacher_ensemble_test_accuracy"] >= best
-    # section 3: "every teacher helps in this run"
+    # section 1 no longer states that the averaged ensemble is at least as accurate as its best
+    # member (not true on seeds 2 and 3): the ensemble's accuracy is printed, not claimed
+    # section 3: "every teacher's student beats the student without a teacher" (also a claim,
+    # on the weakest teacher's student over the paired seeds)
     assert all(f[f"student_{t}"] > f["student_no_teacher"] for t in teachers)
+    # the other comparisons of section 3 are claims (the ensemble above the weakest teacher's
+    # student, not clearly below the best one's; fixed and confidence weights within 2 points
+    # of averaging): checked by test_every_recorded_claim_holds. Every sentence has its claim:
+    ids = {c["id"] for c in results["08_multi_teacher"].claims}
+    assert ids == {
+        "every_teacher_helps",
+        "ensemble_beats_weakest_teacher",
+        "ensemble_near_best_teacher",
+        "fixed_weights_near_average",
+        "confidence_near_average",
+    }
+    assert f["n_seeds"] >= 8
 
 
 def test_claims_09(course):
