@@ -572,8 +572,8 @@ def _train(
                 t, tf = t[0], {k: v for k, v in t[1].items() if k in features[1]}
                 if not per_member:
                     tf = {k: v.expand(S, *v.shape) for k, v in tf.items()}
-            if t is not None and t.dim() == z.dim() - 1:  # one teacher output for all members
-                t = t.expand(S, *t.shape)  # (B, C) or a language model's (B, T, V)
+            if t is not None and not per_member and not _per_seed_output(t, S, x.shape[0]):
+                t = t.expand(S, *t.shape)  # one teacher output for every member
             if stacked_loss is not None:
                 loss = stacked_loss(
                     z.flatten(0, 1),
@@ -690,6 +690,14 @@ def train_population(
     )
 
 
+def _per_seed_output(t: torch.Tensor, S: int, B: int) -> bool:
+    """Whether a teacher's output ``t`` for a batch of ``B`` inputs is one per member,
+    ``(S, B, ...)`` (member ``s`` taught by row ``s``, e.g. a population as the teacher), rather
+    than one shared output ``(B, ...)`` such as ``(B, C)`` or a language model's ``(B, T, V)``
+    (read as per member only in the corner case ``B == S == T``)."""
+    return t.dim() >= 3 and t.shape[0] == S and t.shape[1] == B
+
+
 def _teacher_logits_fn(
     teacher: nn.Module, device, train_loader, cache: bool, features: bool = False, batch_size=512
 ):
@@ -735,7 +743,7 @@ def _teacher_logits_fn(
             logits = logits.float()
             if per_member:
                 S, B = x.shape[:2]
-                logits = logits.view(S, B, -1)
+                logits = logits.view(S, B, *logits.shape[1:])
                 feats = {k: v.view(S, B, *v.shape[1:]) for k, v in feats.items()}
             return (logits, feats) if features else logits
 
@@ -776,6 +784,10 @@ def distill_population(
     a factory ``() -> list of terms``, called for each seed right after its model is made (so
     that an adapter starts as it would in that seed's run alone); a plain list is copied for
     each seed.
+
+    The teacher's output for a batch ``(B, ...)`` is shared by every member (``(B, C)``, or a
+    language model's ``(B, T, V)``); a teacher that returns ``(S, B, ...)`` teaches member by
+    member (row ``s`` teaches member ``s``, e.g. a trained population as the teacher).
 
     ``cache_teacher``: the teacher's logits of every training sample are computed once, before
     the first step (a ``TensorLoader`` with ``return_index=True`` and no transform). The
