@@ -1,4 +1,4 @@
-"""``kdlib grade`` throughput: submissions per minute per core, and one student's notebooks (every assignment).
+"""``kdlib grade`` throughput: submissions per minute per core, and one student's notebooks.
 
     python -m benchmarks.grading                         # 60 submissions of 01, then the course
     python -m benchmarks.grading --students 12 --skip-course --out runs/grading.json
