@@ -582,7 +582,7 @@ def _solution_and_release(names, subs: Path) -> Path:
 def test_real_course_assignments_solution_full_release_zero(tmp_path):
     """Two real assignments graded from the repository itself (fast mode: nbgrader sets
     NBGRADER_EXECUTION, which the notebooks' parameters cell reads): the solution gets full
-    marks, the untouched release 0."""
+    marks but for its written answers (which wait for a grader), the untouched release 0."""
     names = released_course_assignments()[:2]
     if len(names) < 2:
         pytest.skip("fewer than two course assignments are released in notebooks/ yet")
@@ -604,8 +604,9 @@ def test_real_course_assignments_solution_full_release_zero(tmp_path):
     assert set(rows) == {(s, a) for s in ("ada", "bob") for a in names}
     for name in names:
         solution, release = rows[("ada", name)], rows[("bob", name)]
-        assert float(solution["max_score"]) > 0
-        assert float(solution["score"]) == float(solution["max_score"]), solution
+        written = _written_points(REPO / "solutions" / name / f"{name}.ipynb")
+        assert float(solution["max_score"]) > written
+        assert float(solution["score"]) == float(solution["max_score"]) - written, solution
         assert float(release["score"]) == 0, release
         cells = [k for k in release if k.startswith(name + ":")]
         assert cells and all(float(release[k]) == 0 for k in cells)
