@@ -474,6 +474,14 @@ _REACH = {  # pattern -> why
     r"\bsqlite3\b": "deletes, moves or opens files or databases",
     r"\bspiral_test\b": "draws the capstone's hidden test split (kdlib.tasks.spiral_test)",
 }
+# Patterns that flag only one answer cell (by grade_id): elsewhere the same code is fair use.
+_REACH_IN_ANSWER = {
+    "design_answer": {  # notebook 12: the setting is chosen on the validation split alone
+        r"\bload_dataset\b|\.test\b|\bspiral_test\b": (
+            "looks at a test split while choosing the setting (only validation data may choose it)"
+        ),
+    },
+}
 
 
 def _literal_paths(tree) -> list[str]:
@@ -580,7 +588,8 @@ def scan_cells(nb, released=()) -> list[str]:
             continue
         if source.strip() in released:
             continue  # the course's own code, as released
-        why = [w for pattern, w in _REACH.items() if re.search(pattern, source, re.M)]
+        reach = {**_REACH, **_REACH_IN_ANSWER.get(name, {})}
+        why = [w for pattern, w in reach.items() if re.search(pattern, source, re.M)]
         if tree is not None:
             patched = _patch_targets(tree)
             if patched:
