@@ -27,6 +27,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -596,12 +597,20 @@ def test_real_course_assignments_solution_full_release_zero(tmp_path):
         out,
         "--course-dir",
         REPO,
+        "--export",
+        "moodle",
         cwd=tmp_path,
         in_process=True,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     rows = {(r["student"], r["assignment"]): r for r in read_csv(out / "grades.csv")}
     assert set(rows) == {(s, a) for s in ("ada", "bob") for a in names}
+    moodle = {r["ID number"]: r for r in read_csv(out / "grades-moodle.csv")}
+    assert set(moodle) == {"ada", "bob"}
+    for name in names:  # the LMS's file: one column per assignment, the same totals
+        assert [moodle[s][name] for s in ("ada", "bob")] == [
+            rows[(s, name)]["score"] for s in ("ada", "bob")
+        ]
     for name in names:
         solution, release = rows[("ada", name)], rows[("bob", name)]
         written = _written_points(REPO / "solutions" / name / f"{name}.ipynb")
@@ -664,3 +673,15 @@ def _written_points(path) -> float:
         and c.metadata.get("nbgrader", {}).get("grade")
         and c.metadata["nbgrader"].get("solution")
     )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"export": "blackboard"}, "--export must be one of canvas, moodle, got 'blackboard'"),
+        ({"export": "canvas", "shard": (0, 2)}, "--export with --shard"),
+    ],
+)
+def test_an_export_kdlib_grade_cannot_write_is_refused_before_grading(tmp_path, kwargs, message):
+    with pytest.raises(grading.GradingError, match=re.escape(message)):
+        grading.grade(tmp_path / "nowhere", course_dir=tmp_path, **kwargs)

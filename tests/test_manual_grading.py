@@ -296,7 +296,9 @@ def test_a_grader_scores_a_written_answer_in_the_formgrader_and_kdlib_grade_keep
         server.terminate()
         server.wait(timeout=30)
 
-    _kdlib_grade(course, name, "--submissions", subs, "--timeout", 120, "--skip-canary")
+    _kdlib_grade(
+        course, name, "--submissions", subs, "--timeout", 120, "--skip-canary", "--export", "canvas"
+    )
     with Gradebook(f"sqlite:///{grading / 'gradebook.db'}", "kd-course") as gb:
         grade = gb.find_grade("why_written", name, name, "ada")
         assert grade.manual_score == 2.5 and not grade.needs_manual_grade
@@ -304,6 +306,10 @@ def test_a_grader_scores_a_written_answer_in_the_formgrader_and_kdlib_grade_keep
         assert gb.find_submission(name, "ada").score == 3.5
     row = next(csv.DictReader(open(grading / "grades.csv", encoding="utf-8")))
     assert (row["score"], row[f"{name}:why_written"]) == ("3.5", "2.5")
+    canvas = list(csv.reader(open(grading / "grades-canvas.csv", encoding="utf-8")))
+    assert canvas[0] == [*CANVAS_COLUMNS, name]  # the LMS's file, the manual grade included
+    assert canvas[1][0].strip() == "Points Possible" and canvas[1][5] == "4"
+    assert canvas[2][2] == "ada" and canvas[2][5] == "3.5"
     page = (grading / "feedback" / "ada" / name / f"{name}.html").read_text("utf-8")
     assert "GRADER-NOTE-91c2" in page and "2.5" in page
     assert MODEL not in page  # the feedback shows the student's answer, not the model answer

@@ -102,6 +102,7 @@ class GradingRun:
     shard: tuple[int, int] | None = None  # (K, N): grade only the students of shard K
     skip_unneeded: bool = True  # leave out the cells no answer or test depends on
     sandbox: str = ""  # why the kernels run without bubblewrap ("" when they run in it)
+    export: str | None = None  # also write <out>/grades-<export>.csv for an LMS (canvas, moodle)
     issues: list = field(default_factory=list)  # Issue (kdlib.course.submissions)
     graded: list[tuple[str, str]] = field(default_factory=list)
 

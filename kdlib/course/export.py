@@ -34,6 +34,7 @@ class Report:
     rows: list[dict[str, str]]  # the rows of grades.csv
     sandbox: str = ""  # why the kernels ran without bubblewrap ("" when they ran in it)
     canary: str = ""  # what the canary found, or "skipped (--skip-canary)"
+    lms_path: Path | None = None  # grades-canvas.csv or grades-moodle.csv (with ``export``)
 
     @property
     def exit_code(self) -> int:
@@ -242,6 +243,10 @@ def write_reports(run: GradingRun, course_id: str, selected: list[str]) -> Repor
     """Write grades.csv (from the gradebook) and issues.csv; return the run's Report."""
     columns, rows = export_grades(run.db_url, course_id, selected, run.source_dir)
     write_csv(run.csv_path, columns, rows)
+    lms_path = None
+    if run.export:  # the LMS's file, beside (not instead of) grades.csv
+        lms_path = run.out / f"grades-{run.export}.csv"
+        write_csv(lms_path, *lms_grades(run.db_url, course_id, selected, run.export))
     issues = sorted(set(run.issues))
     write_csv(
         run.issues_path,
@@ -262,6 +267,7 @@ def write_reports(run: GradingRun, course_id: str, selected: list[str]) -> Repor
         rows,
         run.sandbox,
         run.canary,
+        lms_path,
     )
 
 

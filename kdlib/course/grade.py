@@ -77,7 +77,7 @@ from kdlib.course.coursedir import (
     load_course_config,
     source_assignments,
 )
-from kdlib.course.export import Report, write_reports, write_rubrics
+from kdlib.course.export import LMS_FORMATS, Report, write_reports, write_rubrics
 from kdlib.course.gradebook import (
     GradebookError,
     check_database,
@@ -116,18 +116,28 @@ def grade(
     canary: bool = True,
     shard: tuple[int, int] | None = None,
     run_all_cells: bool = False,
+    export: str | None = None,
     echo=print,
 ) -> Report:
     """Grade a folder of submissions; see the module docstring. Raises GradingError on usage
     errors; every problem with a submission is an Issue in the returned Report."""
     if not isinstance(jobs, int) or jobs < 1:
         raise GradingError(f"--jobs must be a positive integer, got {jobs!r}")
+    if export is not None:
+        if export not in LMS_FORMATS:
+            raise GradingError(f"--export must be one of {', '.join(LMS_FORMATS)}, got {export!r}")
+        if shard is not None:
+            raise GradingError(
+                "--export with --shard: a shard sees only its own students; when every shard "
+                f"is done, `kdlib gradebook export --db URL --format {export}` writes the file"
+            )
     run = _check_arguments(
         submissions, assignments, course_dir, out, db_url, timeout, csv_path, feedback, echo
     )
     run.jobs = jobs
     run.memory_limit, run.file_limit = memory_limit or None, file_limit or None
     run.skip_unneeded = not run_all_cells
+    run.export = export
     if shard is not None:
         if resolve_db_url(run.db_url, run.out).startswith("sqlite"):
             raise GradingError(
@@ -520,6 +530,14 @@ def add_arguments(parser: argparse.ArgumentParser, path=("grade",)) -> None:
         "the last exercise)",
     )
     parser.add_argument(
+        "--export",
+        default=None,
+        choices=LMS_FORMATS,
+        help="also write <out>/grades-canvas.csv or grades-moodle.csv, the CSV that LMS's "
+        "gradebook imports: one column per assignment, each student's total with the manual "
+        "grades entered so far",
+    )
+    parser.add_argument(
         "--skip-canary",
         action="store_true",
         help="do not grade the solution and the untouched release of each assignment first "
@@ -551,6 +569,7 @@ def main(args: argparse.Namespace) -> int:
             canary=not args.skip_canary,
             run_all_cells=args.run_all_cells,
             shard=parse_shard(args.shard) if args.shard else None,
+            export=args.export,
         )
     except CanaryFailed as exc:
         print(f"kdlib grade: {exc}", file=sys.stderr)
@@ -578,6 +597,8 @@ def main(args: argparse.Namespace) -> int:
         f"{n_bad} problem(s) reported"
     )
     print(f"grades:   {report.csv_path}")
+    if report.lms_path is not None:
+        print(f"{args.export}:   {report.lms_path}")
     print(f"issues:   {report.issues_path}")
     print(f"feedback: {report.out / 'feedback'}")
     print(f"gradebook: {report.db_url}")
