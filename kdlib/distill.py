@@ -41,7 +41,7 @@ import copy
 import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -423,7 +423,11 @@ class Distiller:
                 start = time.perf_counter()
                 record = self._train_epoch(train_loader, student_taps, teacher_taps, bar)
                 if val_loader is not None:
-                    metrics = self.evaluate(val_loader)
+                    with ExitStack() as untapped:  # no feature is captured while evaluating
+                        for taps in (student_taps, teacher_taps):
+                            if taps is not None:
+                                untapped.enter_context(taps.paused())
+                        metrics = self.evaluate(val_loader)
                     record.update(val_loss=metrics["loss"], val_accuracy=metrics["accuracy"])
                 record["seconds"] = time.perf_counter() - start
                 self.history.append(record)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,7 @@ class FeatureTaps:
         self.detach = detach
         self.features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._handles = []
+        self._paused = False
         modules = dict(self.model.named_modules())
         missing = [n for n in self.names if n not in modules or not n]
         if missing:
@@ -102,6 +104,8 @@ class FeatureTaps:
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
+            if self._paused:
+                return
             if name in self.features:
                 raise RuntimeError(
                     f"module {name!r} ran twice in one forward pass (is it shared?); call "
@@ -124,6 +128,17 @@ class FeatureTaps:
 
     def clear(self) -> None:
         self.features = OrderedDict()
+
+    @contextmanager
+    def paused(self):
+        """Capture nothing inside the ``with`` block (forward passes that are not training
+        steps, e.g. an evaluation between epochs); what was captured before is cleared."""
+        self.clear()
+        self._paused = True
+        try:
+            yield self
+        finally:
+            self._paused = False
 
     def remove(self) -> None:
         for handle in self._handles:

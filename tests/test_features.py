@@ -72,6 +72,33 @@ def test_distiller_leaves_no_hooks_after_repeated_fits(digits, teacher):
         assert _hook_count(teacher) == 0
 
 
+def test_a_distiller_with_feature_terms_validates_between_epochs(digits, teacher):
+    """Evaluating on a validation split between epochs is not a training step: the taps
+    capture nothing then (they used to see every validation batch and stop the run)."""
+    student = models.SmallCNN(width=4)
+    small = digits.train.subset(range(128)).loader(64)
+    term = HintTerm("block1", "block1", 4, 16)
+    distiller = Distiller(student, teacher, terms=[term], progress=False)
+    history = distiller.fit(small, epochs=2, val_loader=digits.val)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(0 <= h["val_accuracy"] <= 1 for h in history)
+    assert _hook_count(student) == 0 and _hook_count(teacher) == 0
+
+
+def test_paused_taps_capture_nothing_and_resume():
+    model = models.SmallCNN(width=4)
+    taps = FeatureTaps(model, ["block1"])
+    model(torch.rand(2, 1, 8, 8))
+    with taps.paused():
+        assert taps.features == {}  # the last capture is let go
+        model(torch.rand(2, 1, 8, 8))
+        model(torch.rand(2, 1, 8, 8))
+        assert taps.features == {}
+    model(torch.rand(3, 1, 8, 8))
+    assert taps["block1"].shape[0] == 3
+    taps.remove()
+
+
 def test_missing_layer_lists_available_names():
     model = models.SmallCNN(width=4)
     with pytest.raises(ValueError) as err:
