@@ -56,11 +56,12 @@ from kdlib.logit_cache import TeacherLogitCache
 from kdlib.losses import KDLossParts, hard_loss, kd_loss
 from kdlib.metrics import as_class_index, evaluate
 from kdlib.population import (
-    Population,
     SeedTable,
     check_seeds,
     distill_population,
+    terms_tapping_unnamed_features,
     train_population,
+    train_seed_by_seed,
 )
 from kdlib.runtime import fit_threads_to, pick_device, progress_enabled, seed_everything
 from kdlib.training import (
@@ -181,17 +182,19 @@ class Distiller:
                 teacher,
                 seeds,
                 shuffle,
-                temperature,
-                alpha,
-                loss,
-                terms,
-                optimizer,
-                lr,
-                weight_decay,
-                lr_schedule,
-                device,
-                cache_teacher,
-                label_smoothing,
+                dict(
+                    temperature=temperature,
+                    alpha=alpha,
+                    loss=loss,
+                    terms=terms,
+                    optimizer=optimizer,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    lr_schedule=lr_schedule,
+                    device=device,
+                    cache_teacher=cache_teacher,
+                    label_smoothing=label_smoothing,
+                ),
             )
             _refuse_with_seeds(
                 combine_teachers=combine_teachers,
@@ -492,25 +495,9 @@ class Distiller:
             self._data = kept = (data, getattr(data, "x", None), loader)
         return kept[2]
 
-    def _plan_population(
-        self,
-        student,
-        teacher,
-        seeds,
-        shuffle,
-        temperature,
-        alpha,
-        loss,
-        terms,
-        optimizer,
-        lr,
-        weight_decay,
-        lr_schedule,
-        device,
-        cache_teacher,
-        label_smoothing,
-    ):
-        """``seeds=``: check the arguments now and keep them for :meth:`_fit_population`."""
+    def _plan_population(self, student, teacher, seeds, shuffle, args: dict):
+        """``seeds=``: check the arguments now and keep them (``args``: the loop's settings,
+        by name) for :meth:`_fit_population`."""
         self.seeds = check_seeds(seeds)
         if isinstance(student, nn.Module) or not callable(student):
             raise ValueError(
@@ -524,29 +511,17 @@ class Distiller:
             )
         if shuffle not in ("paired", "per-seed"):
             raise ValueError(f"shuffle must be 'paired' or 'per-seed', got {shuffle!r}")
-        if isinstance(optimizer, torch.optim.Optimizer):
+        if isinstance(args["optimizer"], torch.optim.Optimizer):
             raise ValueError(
                 "optimizer: with seeds=, a factory params -> optimizer (the population's "
                 "parameters are made later), not an optimizer"
             )
-        if teacher is not None and label_smoothing:
+        if teacher is not None and args["label_smoothing"]:
             raise ValueError("label_smoothing applies without a teacher only (teacher=None)")
         self.student, self.teacher, self.shuffle = student, teacher, shuffle
         self.history = []
         self.population = None
-        self._population_args = dict(
-            temperature=temperature,
-            alpha=alpha,
-            loss=loss,
-            terms=terms,
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_schedule=lr_schedule,
-            device=device,
-            cache_teacher=cache_teacher,
-            label_smoothing=label_smoothing,
-        )
+        self._population_args = args
 
     def _fit_population(self, train_loader, epochs, val_loader):
         """The seeds trained as one population (:mod:`kdlib.population`), or, for terms that
@@ -595,56 +570,26 @@ class Distiller:
         terms = terms() if callable(terms) else list(terms)
         with torch.random.fork_rng(devices=[]):
             probe = self.student()
-        named = (
-            set(getattr(probe, "feature_names", ())),
-            set(self.teacher.feature_names) if hasattr(self.teacher, "feature_names") else set(),
-        )
-        return any(
-            not set(getattr(t, "student_features", ())) <= named[0]
-            or not set(getattr(t, "teacher_features", ())) <= named[1]
-            for t in terms
-        )
+        return bool(terms_tapping_unnamed_features(terms, probe, self.teacher))
 
     def _fit_seed_by_seed(self, loader, epochs, val_loader, a):
-        """One Distiller per seed (same batches for every seed, or each its own shuffle),
-        the trained models then stacked into a population."""
+        """One Distiller per seed (it taps any module), the trained models then stacked into a
+        population (:func:`kdlib.population.train_seed_by_seed`)."""
         make_terms = a["terms"] if callable(a["terms"]) else (lambda: copy.deepcopy(a["terms"]))
-        if self.shuffle == "per-seed":
-            loaders = []
-            for s in self.seeds:
-                own = copy.copy(loader)
-                own.generator = torch.Generator(device="cpu").manual_seed(s)
-                loaders.append(own)
-        else:
-            loaders = [loader] * len(self.seeds)
-        generator = getattr(loader, "generator", None)
-        start = generator.get_state() if generator is not None else None
-        models, histories = [], []
-        for s, own in zip(self.seeds, loaders):
-            if start is not None and self.shuffle == "paired":
-                generator.set_state(start)
-            seed_everything(s)
+        kwargs = {
+            k: a[k]
+            for k in ("temperature", "alpha", "loss", "optimizer", "lr", "weight_decay")
+            + ("lr_schedule", "device", "cache_teacher")
+        }
+
+        def train_one(seed, own_loader):
+            seed_everything(seed)
             model = self.student()
-            kwargs = {k: a[k] for k in ("temperature", "alpha", "loss", "optimizer", "lr")}
-            one = Distiller(
-                model,
-                self.teacher,
-                terms=make_terms(),
-                weight_decay=a["weight_decay"],
-                lr_schedule=a["lr_schedule"],
-                device=a["device"],
-                cache_teacher=a["cache_teacher"],
-                **kwargs,
-            )
-            histories.append(one.fit(own, epochs, val_loader=val_loader))
-            models.append(model)
-        pop = Population.from_members(models, self.seeds)
-        for e in range(epochs):
-            record = {"epoch": e + 1, "train_loss": sum(h[e]["train_loss"] for h in histories)}
-            record["train_loss"] /= len(self.seeds)
-            if val_loader is not None:
-                record["val_accuracy"] = [h[e]["val_accuracy"] for h in histories]
-            pop.history.append(record)
+            one = Distiller(model, self.teacher, terms=make_terms(), **kwargs)
+            return model, one.fit(own_loader, epochs, val_loader=val_loader)
+
+        pop = train_seed_by_seed(self.seeds, loader, epochs, val_loader, self.shuffle, train_one)
+        pop.model_fn = self.student
         return pop
 
     def _checkpoint_exists(self, path) -> bool:  # (rank 0's answer, with several ranks)

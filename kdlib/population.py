@@ -78,6 +78,8 @@ __all__ = [
     "estimate_bytes",
     "train_population",
     "distill_population",
+    "train_seed_by_seed",
+    "terms_tapping_unnamed_features",
 ]
 
 _warned: set[str] = set()
@@ -805,12 +807,7 @@ def distill_population(
     terms = list(terms)
     seed_everything(check_seeds(seeds)[0])
     probe = model_fn()  # which features the model hands out (model(x, return_features=True))
-    unknown = [
-        t
-        for t in terms
-        if not set(getattr(t, "student_features", ())) <= set(getattr(probe, "feature_names", ()))
-        or not set(getattr(t, "teacher_features", ())) <= set(getattr(teacher, "feature_names", ()))
-    ]
+    unknown = terms_tapping_unnamed_features(terms, probe, teacher)
     if unknown:
         raise ValueError(
             f"terms: {', '.join(type(t).__name__ for t in unknown)} taps features the models "
@@ -853,6 +850,22 @@ def distill_population(
         )
     pop = Population(model_fn, seeds, device, max_bytes)
     return _distill(pop, teacher, terms, train_loader, epochs, val_loader, recipe, shuffle)
+
+
+def terms_tapping_unnamed_features(terms, student: nn.Module, teacher: nn.Module | None) -> list:
+    """The terms that tap a feature the models do not hand out by name (their
+    ``feature_names``, from ``model(x, return_features=True)``): a population cannot give
+    them their features; :class:`kdlib.distill.Distiller` taps any module."""
+    names = (
+        set(getattr(student, "feature_names", ())),
+        set(getattr(teacher, "feature_names", ())),
+    )
+    return [
+        t
+        for t in terms
+        if not set(getattr(t, "student_features", ())) <= names[0]
+        or not set(getattr(t, "teacher_features", ())) <= names[1]
+    ]
 
 
 def _trainable(term) -> bool:
@@ -914,12 +927,23 @@ def _distill(pop, teacher, terms, train_loader, epochs, val_loader, recipe, shuf
     )
 
 
-def _distill_one_by_one(
-    model_fn, seeds, teacher, train_loader, epochs, val_loader, make_terms, recipe, device, shuffle
+def train_seed_by_seed(
+    seeds: Sequence[int],
+    train_loader,
+    epochs: int,
+    val_loader,
+    shuffle: str,
+    train_one: Callable,
 ) -> Population:
-    """The fallback for terms with parameters: one population of one seed after the other,
-    each with a fresh set of terms (``make_terms()``, made right after the seed's model, as in
-    that seed's run alone), then the trained members stacked."""
+    """The seeds trained one after the other, then stacked into a population: for what is not
+    vectorised (a term with parameters, a term that taps any module).
+
+    ``train_one(seed, loader) -> (model, history)`` trains one seed's model on ``loader``
+    (``history``: one dict per epoch with ``train_loss`` and, with a ``val_loader``, a
+    ``val_accuracy`` float). Every seed sees the same batches (``shuffle="paired"``: the
+    loader's shuffle is restarted from where it stood) or its own shuffle (``"per-seed"``).
+    The population's history has the mean training loss and one validation accuracy per seed.
+    """
     seeds = check_seeds(seeds)
     loaders = _member_loaders(train_loader, seeds, shuffle) or [train_loader] * len(seeds)
     generator = getattr(train_loader, "generator", None)
@@ -928,19 +952,39 @@ def _distill_one_by_one(
     for s, loader in zip(seeds, loaders):
         if start is not None:  # the paired design: every seed sees the same batches
             generator.set_state(start)
-        one = Population(model_fn, [s], device)
-        terms = list(make_terms())
-        one = _distill(one, teacher, terms, loader, epochs, val_loader, recipe, "paired")
-        members.append(one.member(0))
-        histories.append(one.history)
+        model, history = train_one(s, loader)
+        members.append(model)
+        histories.append(history)
     pop = Population.from_members(members, seeds)
-    pop.model_fn = model_fn
     for e in range(epochs):
         record = {
             "epoch": e + 1,
             "train_loss": sum(h[e]["train_loss"] for h in histories) / len(seeds),
         }
         if val_loader is not None:
-            record["val_accuracy"] = [h[e]["val_accuracy"][0] for h in histories]
+            record["val_accuracy"] = [h[e]["val_accuracy"] for h in histories]
         pop.history.append(record)
+    return pop
+
+
+def _distill_one_by_one(
+    model_fn, seeds, teacher, train_loader, epochs, val_loader, make_terms, recipe, device, shuffle
+) -> Population:
+    """The fallback for terms with parameters: a population of one seed after the other, each
+    with a fresh set of terms (``make_terms()``, made right after the seed's model, as in that
+    seed's run alone)."""
+
+    def train_one(seed, loader):
+        one = Population(model_fn, [seed], device)
+        one = _distill(
+            one, teacher, list(make_terms()), loader, epochs, val_loader, recipe, "paired"
+        )
+        history = [
+            {**h, "val_accuracy": h["val_accuracy"][0]} if "val_accuracy" in h else h
+            for h in one.history
+        ]
+        return one.member(0), history
+
+    pop = train_seed_by_seed(seeds, train_loader, epochs, val_loader, shuffle, train_one)
+    pop.model_fn = model_fn
     return pop

@@ -310,19 +310,31 @@ def test_distiller_with_seeds_equals_each_seed_alone(digits, teacher, shuffle):
         assert_same_state(alone, table.population.member(k))
 
 
-def test_distiller_with_seeds_runs_terms_on_other_modules_seed_by_seed(digits, teacher):
+@pytest.mark.parametrize("shuffle", ["paired", "per-seed"])
+def test_distiller_with_seeds_runs_terms_on_other_modules_seed_by_seed(digits, teacher, shuffle):
     from kdlib.features import HintTerm
 
     def terms():  # "block2.0" (the convolution) is not one of the named features
         return [HintTerm("block2.0", "block1", 8, 8, weight=1.0)]
 
     kw = dict(temperature=4.0, alpha=0.5, lr=1e-2, device="cpu")
-    table = Distiller(cnn, teacher, seeds=SEEDS[:2], terms=terms, **kw).fit(loader(digits), 1)
-    for k, s in enumerate(SEEDS[:2]):
+    seeds = SEEDS[:2]
+    table = Distiller(cnn, teacher, seeds=seeds, shuffle=shuffle, terms=terms, **kw).fit(
+        loader(digits), 1, val_loader=digits.val
+    )
+    losses, accuracies = [], []
+    for k, s in enumerate(seeds):
         seed_everything(s)
         alone = cnn()
-        Distiller(alone, teacher, terms=terms(), **kw).fit(loader(digits), 1)
+        own = loader(digits) if shuffle == "paired" else digits.train.loader(64, True, seed=s)
+        history = Distiller(alone, teacher, terms=terms(), **kw).fit(own, 1, val_loader=digits.val)
         assert_same_state(alone, table.population.member(k))
+        losses.append(history[0]["train_loss"])
+        accuracies.append(history[0]["val_accuracy"])
+    # the population's history: the members' mean loss, one validation accuracy per seed
+    record = table.population.history[0]
+    assert record["val_accuracy"] == pytest.approx(accuracies)
+    assert record["train_loss"] == pytest.approx(sum(losses) / len(losses))
 
 
 @pytest.mark.parametrize(
