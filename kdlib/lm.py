@@ -1271,6 +1271,31 @@ def load_text_corpus(path: str | Path, max_length: int = 16) -> Corpus:
 
 
 @torch.no_grad()
+def _next_token_distribution(model: nn.Module, tokens: torch.Tensor, log: bool) -> torch.Tensor:
+    """The model's next-token distribution at every prefix of ``tokens`` ``(N, L)``, in eval
+    mode, float32 on the CPU: ``(N, L - 1, V)`` log-probabilities (``log``) or probabilities."""
+    was_training = model.training
+    model.eval()
+    try:
+        z = logits_of(model(tokens[:, :-1].to(device_of(model)))).float()
+    finally:
+        model.train(was_training)
+    return (F.log_softmax(z, dim=-1) if log else torch.softmax(z, dim=-1)).cpu()
+
+
+def _kl_from_truth(true_probs, log_q, valid) -> float:
+    """Mean over ``valid`` of ``KL(p_true || q)``; zero probabilities of the truth count 0."""
+    p = true_probs
+    log_p = torch.where(p > 0, p.log(), torch.zeros_like(p))
+    return float(_reduce((p * (log_p - log_q)).sum(-1), valid, "mean"))
+
+
+def _acceptance(p_draft, p_target, mask) -> float:
+    """Mean over ``mask`` of ``sum_v min(p_draft(v), p_target(v))``."""
+    return float(_reduce(torch.minimum(p_draft, p_target).sum(-1), mask.cpu(), "mean"))
+
+
+@torch.no_grad()
 def kl_to_truth(
     model: nn.Module, tokens: torch.Tensor, true_probs: torch.Tensor, valid: torch.Tensor
 ) -> float:
@@ -1278,17 +1303,7 @@ def kl_to_truth(
     far the model's next-token distribution is from the source's, on these contexts. Zero
     probabilities of the truth contribute 0. ``tokens`` ``(N, L)``; ``true_probs``, ``valid``
     from :meth:`SentenceSource.next_token_probs`."""
-    device = device_of(model)
-    was_training = model.training
-    model.eval()
-    try:
-        log_q = F.log_softmax(logits_of(model(tokens[:, :-1].to(device))).float(), dim=-1).cpu()
-    finally:
-        model.train(was_training)
-    p = true_probs
-    log_p = torch.where(p > 0, p.log(), torch.zeros_like(p))
-    per_token = (p * (log_p - log_q)).sum(-1)
-    return float(_reduce(per_token, valid, "mean"))
+    return _kl_from_truth(true_probs, _next_token_distribution(model, tokens, log=True), valid)
 
 
 def distinct_ngrams(tokens: torch.Tensor, mask: torch.Tensor, n: int = 2) -> float:
@@ -1321,18 +1336,8 @@ def acceptance_rate(
     ``(N, L - 1)`` is true. With ``gamma`` tokens drafted per target pass and acceptances
     independent, each pass yields ``(1 - alpha^(gamma + 1)) / (1 - alpha)`` tokens on average.
     """
-    x = tokens[:, :-1]
-    p = []
-    for model in (draft, target):
-        device = device_of(model)
-        was_training = model.training
-        model.eval()
-        try:
-            p.append(torch.softmax(logits_of(model(x.to(device))).float(), -1).cpu())
-        finally:
-            model.train(was_training)
-    per_token = torch.minimum(p[0], p[1]).sum(-1)
-    return float(_reduce(per_token, mask.cpu(), "mean"))
+    p = [_next_token_distribution(model, tokens, log=False) for model in (draft, target)]
+    return _acceptance(p[0], p[1], mask)
 
 
 @torch.no_grad()
@@ -1347,13 +1352,7 @@ def lm_reference(
     if source is not None:
         out["truth"] = source.next_token_probs(test.tokens)
     if teacher is not None:
-        was = teacher.training
-        teacher.eval()
-        try:
-            x = test.tokens[:, :-1].to(device_of(teacher))
-            out["teacher_probs"] = torch.softmax(logits_of(teacher(x)).float(), -1).cpu()
-        finally:
-            teacher.train(was)
+        out["teacher_probs"] = _next_token_distribution(teacher, test.tokens, log=False)
     return out
 
 
@@ -1383,25 +1382,19 @@ def lm_metrics(
     if reference is None:
         reference = lm_reference(test, source, teacher)
     device = device_of(model)
-    was = model.training
-    model.eval()
-    try:
-        log_q = F.log_softmax(logits_of(model(test.tokens[:, :-1].to(device))).float(), -1).cpu()
-    finally:
-        model.train(was)
+    log_q = _next_token_distribution(model, test.tokens, log=True)  # one pass for every metric
     mask = test.mask.cpu()
     lp = log_q.gather(-1, test.tokens[:, 1:, None].cpu()).squeeze(-1)
     nll = -float(_reduce(lp, mask, "mean"))
     out = dict(nll=nll, perplexity=math.exp(nll))
     if source is not None:
-        p, valid = reference["truth"]
-        log_p = torch.where(p > 0, p.log(), torch.zeros_like(p))
-        out["kl_truth"] = float(_reduce((p * (log_p - log_q)).sum(-1), valid, "mean"))
+        true_probs, valid = reference["truth"]
+        out["kl_truth"] = _kl_from_truth(true_probs, log_q, valid)
     if teacher is not None:
         p_t = reference["teacher_probs"]
         agree = log_q.argmax(-1) == p_t.argmax(-1)
         out["agreement"] = float(agree[mask].float().mean())
-        out["acceptance"] = float(_reduce(torch.minimum(log_q.exp(), p_t).sum(-1), mask, "mean"))
+        out["acceptance"] = _acceptance(log_q.exp(), p_t, mask)
     gen = torch.Generator(device=device).manual_seed(seed)
     prompt = torch.full((n_samples, 1), test.bos, dtype=torch.long)
     length = test.tokens.shape[1] - 1

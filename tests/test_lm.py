@@ -633,3 +633,26 @@ def test_acceptance_rate_is_one_minus_the_total_variation():
     tv = 0.5 * (p - q).abs().sum(-1)[text.mask].mean().item()
     assert got == pytest.approx(1 - tv, abs=1e-6) and got < 1
     assert lm.acceptance_rate(b, a, text.tokens, text.mask) == pytest.approx(got, abs=1e-6)
+
+
+def test_lm_metrics_agree_with_the_metric_functions_with_or_without_a_reference():
+    """lm_metrics measures a model in one forward pass; its figures are those of
+    kl_to_truth and acceptance_rate, whether the truth and the teacher come precomputed
+    (lm_reference, once for many models) or not, and the model's mode is left as it was."""
+    source = lm.SentenceSource()
+    text = source.sample(32, seed=1)
+    V = len(source.vocab)
+    seed_everything(0)
+    student, teacher = TinyGPT(V, 11, 8, 1, 2), TinyGPT(V, 11, 16, 1, 2)
+    student.train()
+    reference = lm.lm_reference(text, source, teacher)
+    with_ref = lm.lm_metrics(student, text, source, teacher, n_samples=8, reference=reference)
+    without = lm.lm_metrics(student, text, source, teacher, n_samples=8)
+    assert student.training
+    truth = source.next_token_probs(text.tokens)
+    kl = lm.kl_to_truth(student, text.tokens, *truth)
+    acceptance = lm.acceptance_rate(student, teacher, text.tokens, text.mask)
+    for metrics in (with_ref, without):
+        assert metrics["kl_truth"] == pytest.approx(kl, rel=1e-5) and kl > 0
+        assert metrics["acceptance"] == pytest.approx(acceptance, abs=1e-6) and acceptance < 1
+        assert metrics["nll"] == pytest.approx(without["nll"])
