@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from kdlib.losses import (
     check_logits,
@@ -62,6 +63,7 @@ __all__ = [
     "average_logits",
     "TeacherEnsemble",
     "teacher_ensemble",
+    "CombinedTeachers",
     "multi_teacher_kd_loss",
 ]
 
@@ -249,6 +251,40 @@ def teacher_ensemble(
     softens the combined logits by tau again (see the module docstring).
     """
     return TeacherEnsemble(temperature, weights, confidence)
+
+
+class CombinedTeachers(nn.Module):
+    """Several teachers as one model: ``forward(x) = combine([t(x) for t in teachers])``,
+    logits ``(N, C)``.
+
+    For what takes one teacher, such as :func:`kdlib.population.distill_population`: with
+    ``combine = teacher_ensemble(tau, weights)`` the student learns from the same ensemble
+    targets as with ``Distiller(student, teachers, combine_teachers=combine)`` (use the
+    loss's temperature, as there).
+
+    Args:
+        teachers: one or more trained ``nn.Module`` s with logits of one shape.
+        combine: ``(list of (N, C) logits) -> (N, C) logits``, e.g. :func:`teacher_ensemble`.
+    """
+
+    def __init__(self, teachers: Sequence[nn.Module], combine):
+        super().__init__()
+        teachers = list(teachers) if not isinstance(teachers, nn.Module) else [teachers]
+        if not teachers:
+            raise ValueError("teachers is empty: pass one or more trained models")
+        bad = [type(t).__name__ for t in teachers if not isinstance(t, nn.Module)]
+        if bad:
+            raise ValueError(f"teachers must be nn.Modules, got {', '.join(bad)}")
+        if not callable(combine):
+            raise ValueError(
+                f"combine must be a function (list of logits) -> logits, e.g. "
+                f"teacher_ensemble(temperature), got {combine!r}"
+            )
+        self.teachers = nn.ModuleList(teachers)
+        self.combine = combine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.combine([t(x) for t in self.teachers])
 
 
 def multi_teacher_kd_loss(

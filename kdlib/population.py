@@ -802,7 +802,8 @@ def distill_population(
     if not isinstance(teacher, nn.Module):
         raise ValueError(
             f"teacher must be one nn.Module (a trained model), got "
-            f"{type(teacher).__name__}; several teachers: train with Distiller"
+            f"{type(teacher).__name__}; several teachers: wrap them as one, "
+            f"kdlib.multi_teacher.CombinedTeachers(teachers, teacher_ensemble(temperature))"
         )
     terms = list(terms)
     seed_everything(check_seeds(seeds)[0])

@@ -10,6 +10,7 @@ from kdlib.distill import Distiller, train_supervised
 from kdlib.losses import kd_loss
 from kdlib.models import MLP, SmallCNN
 from kdlib.multi_teacher import (
+    CombinedTeachers,
     average_logits,
     combine_logits,
     confidence_weights,
@@ -184,3 +185,44 @@ def test_distiller_refuses_a_combine_at_another_temperature():
             device="cpu",
             progress=False,
         )
+
+
+def test_combined_teachers_give_a_population_the_distillers_ensemble():
+    """Several teachers as one module: each member of a population distilled from it equals
+    that seed distilled alone by the Distiller from the list of teachers and the same combine."""
+    from kdlib.population import distill_population
+
+    data = load_digits()
+    seed_everything(0)
+    teachers = [MLP(hidden=(32,)), SmallCNN(width=4, depth=1)]
+    for t in teachers:
+        train_supervised(t, data.train.loader(100, shuffle=True, seed=0), 2, lr=1e-2, device="cpu")
+    combine = teacher_ensemble(temperature=4.0, weights="confidence")
+    one = CombinedTeachers(teachers, combine)
+    x = data.val.x[:16]
+    with torch.no_grad():
+        assert torch.equal(one(x), combine([t(x) for t in teachers]))
+
+    def loader():
+        return data.train.loader(64, shuffle=True, seed=0)
+
+    def student():
+        return MLP(hidden=(16,))
+
+    kw = dict(temperature=4.0, alpha=0.5, lr=1e-2, device="cpu")
+    pop = distill_population(student, [3, 4], one, loader(), 1, **kw)
+    for k, s in enumerate([3, 4]):
+        seed_everything(s)
+        alone = student()
+        Distiller(alone, teachers, combine_teachers=combine, progress=False, **kw).fit(loader(), 1)
+        for a, b in zip(alone.state_dict().values(), pop.member(k).state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_combined_teachers_say_what_is_wrong():
+    with pytest.raises(ValueError, match="teachers is empty"):
+        CombinedTeachers([], teacher_ensemble())
+    with pytest.raises(ValueError, match="teachers must be nn.Modules, got str"):
+        CombinedTeachers([MLP(), "teacher"], teacher_ensemble())
+    with pytest.raises(ValueError, match="combine must be a function"):
+        CombinedTeachers([MLP()], 4.0)
