@@ -93,6 +93,52 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+class _ChannelsLastMaxPool(torch.autograd.Function):
+    """The 2x2, stride-2 max-pool of a contiguous ``(N, C, H, W)`` CPU tensor, computed by
+    PyTorch's channels-last kernel and handed back contiguous.
+
+    The values and the argmax of every window are those of ``F.max_pool2d(x, 2)``: both
+    kernels scan a window in row-major order and keep the first maximum (a NaN wins), so the
+    gradient, sent to the argmax by the same backward kernel, is the same too (tested, ties
+    and NaN included). Only the speed differs: the channels-last kernel runs along the
+    channels in vector registers, the NCHW kernel one window at a time, so even with the two
+    layout changes a pool over small maps costs about half as much, forward and backward
+    (``benchmarks/README.md``, populations)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out, index = torch.ops.aten.max_pool2d_with_indices(
+            x.contiguous(memory_format=torch.channels_last), [2, 2], [2, 2]
+        )
+        ctx.save_for_backward(x, index)
+        return out.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, index = ctx.saved_tensors
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, index.contiguous()
+        )
+
+
+def _plain_cpu_tensor(x: torch.Tensor) -> bool:
+    """A contiguous NCHW CPU tensor run eagerly: not traced, compiled or exported, and not
+    wrapped by ``torch.func`` (``vmap``, ``grad``), which see plain PyTorch ops instead."""
+    if type(x) is not torch.Tensor or x.device.type != "cpu" or not x.is_contiguous():
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)`` for ``x`` of shape ``(N, C, H, W)``: the same values and
+    gradients, through the faster channels-last kernel for an eager contiguous CPU tensor."""
+    if x.dim() == 4 and _plain_cpu_tensor(x):
+        return _ChannelsLastMaxPool.apply(x)
+    return nn.functional.max_pool2d(x, 2)
+
+
 class _PoolIfWide(nn.Module):
     """2x2 max-pool while the map is at least ``min_size`` pixels on both sides, else identity:
     how much a block pools follows the input, so any image size works."""
@@ -103,7 +149,7 @@ class _PoolIfWide(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if min(x.shape[-2:]) >= self.min_size:
-            return nn.functional.max_pool2d(x, 2)
+            return max_pool2x2(x)
         return x
 
     def extra_repr(self) -> str:

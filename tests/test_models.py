@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdlib import models
 
@@ -45,3 +46,57 @@ def test_count_parameters_and_size():
     assert models.model_size_bytes(mlp) == 4 * models.count_parameters(mlp)
     mlp.fc1[0].weight.requires_grad_(False)
     assert models.count_parameters(mlp, trainable_only=True) == 32 + 32 * 10 + 10
+
+
+def _pool_input(shape, seed=0):
+    """ReLU outputs with the ties of a blank background and a NaN: where kernels disagree."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.relu(torch.randn(shape, generator=g))
+    x[:, :, : shape[2] // 2, : shape[3] // 2] = 0.5  # whole windows of equal values
+    x[0, 0, 1, 1] = float("nan")
+    x[-1, -1, -1, -1] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 64, 4, 4), (2, 3, 7, 7), (1, 2, 6, 9)])
+def test_max_pool2x2_equals_max_pool2d_in_values_and_gradients(shape):
+    """The channels-last pool SmallCNN uses on the CPU returns what F.max_pool2d returns, and
+    sends each window's gradient to the same pixel (the first maximum; ties and NaN included),
+    odd sizes too: the population's members stay equal to their seeds alone."""
+    x = _pool_input(shape)
+    grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    ref, out = torch.nn.functional.max_pool2d(a, 2), models.max_pool2x2(b)
+    assert out.is_contiguous() and out.shape == ref.shape
+    assert torch.equal(ref.nan_to_num(-1.0), out.nan_to_num(-1.0))
+    ref.backward(grad)
+    out.backward(grad)
+    assert torch.equal(a.grad, b.grad)
+    assert b.grad.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(models.max_pool2x2(x).nan_to_num(-1.0), ref.detach().nan_to_num(-1.0))
+
+
+def test_max_pool2x2_takes_the_channels_last_kernel_only_in_plain_eager_use(monkeypatch):
+    """vmap, torch.func.grad, torch.export and non-contiguous inputs get F.max_pool2d itself;
+    the results agree either way."""
+    calls = []
+    original = models._ChannelsLastMaxPool.apply
+    monkeypatch.setattr(
+        models._ChannelsLastMaxPool, "apply", lambda x: calls.append(1) or original(x)
+    )
+    x = _pool_input((4, 3, 8, 8))
+    models.max_pool2x2(x)
+    assert len(calls) == 1
+    out = torch.func.vmap(models.max_pool2x2)(torch.stack([x, x + 1]))
+    assert torch.equal(out[1].nan_to_num(-1.0), models.max_pool2x2(x + 1).nan_to_num(-1.0))
+    assert len(calls) == 2  # the plain call, not vmap's
+    g = torch.func.grad(lambda t: models.max_pool2x2(t).nan_to_num(0.0).sum())(x)
+    assert torch.equal(g, torch.func.grad(lambda t: F.max_pool2d(t, 2).nan_to_num(0.0).sum())(x))
+    models.max_pool2x2(x.transpose(2, 3))  # not contiguous
+    model = models.SmallCNN(1, 10, width=4, depth=2).eval()
+    program = torch.export.export(model, (torch.randn(2, 1, 8, 8),))
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count("aten.max_pool2d.default") == 2
+    assert len(calls) == 2
