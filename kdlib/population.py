@@ -34,10 +34,11 @@ of one with its own adapter, and a warning says so once; the result has the same
 term that taps a module other than the model's named features is refused here
 (``kdlib.distill.Distiller(..., seeds=...)`` trains it seed by seed with hooks).
 
-A population of the course's ``SmallCNN`` runs *folded* (:func:`fold`): the members side by
-side in the channel dimension, ``(B, S * C, H, W)``, its convolutions grouped per member,
-rather than through ``vmap``, whose layout changes between layers cost more than the layers
-on a CPU (``benchmarks/README.md``).
+A population of the course's ``SmallCNN`` or ``MLP`` runs *folded* (:func:`fold`): the
+members side by side in the channel dimension, ``(B, S * C, H, W)`` or ``(B, S * C)``, a
+SmallCNN's convolutions grouped per member, rather than through ``vmap``, whose layout changes
+between layers (a SmallCNN) and per-step machinery (an MLP) cost more than the layers on a CPU
+(``benchmarks/README.md``). A folded MLP computes what ``vmap`` computes, to the last bit.
 
 Models: ``MLP`` and ``SmallCNN`` with every loss here; ``TinyGPT`` (logits ``(B, T, V)``) on
 the text alone (:func:`train_population`: the next-token cross-entropy over the labelled
@@ -66,7 +67,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from kdlib.data import TensorLoader
 from kdlib.features import AttentionTerm
 from kdlib.losses import IGNORE_INDEX, DKDTerm, hard_loss, kd_loss
-from kdlib.models import SmallCNN
+from kdlib.models import MLP, SmallCNN
 from kdlib.runtime import pick_device, seed_everything
 from kdlib.training import Batch, FirstBatchCheck, freeze
 
@@ -182,6 +183,7 @@ class Population:
         self.buffers = buffers
         self.skeleton = copy.deepcopy(members[0])  # the structure (tied weights stay tied)
         self.folded = fold(self.skeleton, len(self.seeds))
+        self._slots = _tensor_slots(self.folded)
         self.history: list[dict] = []
 
     @classmethod
@@ -198,6 +200,7 @@ class Population:
         pop.buffers = buffers
         pop.skeleton = copy.deepcopy(members[0])
         pop.folded = fold(pop.skeleton, len(pop.seeds))
+        pop._slots = _tensor_slots(pop.folded)
         pop.history = []
         return pop
 
@@ -222,10 +225,11 @@ class Population:
         batch statistics and running-statistic updates, dropout). With ``features``, also the
         members' named features ``{name: (S, B, ...)}`` (``model(x, return_features=True)``
         of the course's models)."""
-        self.skeleton.train(train)
         kwargs = {"return_features": True} if features else {}
         if self.folded is not None:
             return self._forward_folded(x, train, per_member, kwargs)
+        if self.skeleton.training != train:
+            self.skeleton.train(train)
 
         def one(params, buffers, inputs):
             return functional_call(self.skeleton, (params, buffers), (inputs,), kwargs)
@@ -239,8 +243,11 @@ class Population:
         S = len(self)
         if per_member:  # (S, B, C, ...) -> (B, S * C, ...)
             x = x.transpose(0, 1).flatten(1, 2)
-        self.folded.train(train)
-        out = functional_call(self.folded, (self.params, self.buffers), (x,), kwargs)
+        if self.folded.training != train:
+            self.folded.train(train)
+        for module, attr, name in self._slots:  # the stacked tensors, as they are now
+            module.__dict__[attr] = self.params[name] if name in self.params else self.buffers[name]
+        out = self.folded(x, **kwargs)
         logits, feats = out if kwargs else (out, None)
         logits = _unfold(logits, S)
         if feats is None:
@@ -384,37 +391,57 @@ class _FoldedLinear(nn.Module):
             out = torch.einsum("bc,skc->bsk", x, self.weight)
         else:
             out = torch.einsum("bsc,skc->bsk", x.unflatten(-1, (S, -1)), self.weight)
-        return (out + self.bias).flatten(1)
+        return _AddBias.apply(out, self.bias).flatten(1)
+
+
+class _AddBias(torch.autograd.Function):
+    """``out + bias`` for ``out (B, S, K)`` and ``bias (S, K)``, whose backward sums each
+    member's bias gradient over its own contiguous ``(B, K)`` block, in the order
+    ``F.linear`` sums it for one model: summed across the folded ``(B, S, K)`` layout, the
+    float rounding differs in the last bit, and a member would drift from its seed alone."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return out + bias
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, grad.transpose(0, 1).contiguous().sum(1)
 
 
 _FOLD = {nn.Conv2d: _FoldedConv2d, nn.BatchNorm2d: _FoldedBatchNorm2d, nn.Linear: _FoldedLinear}
 
 
+_FOLDABLE = (SmallCNN, MLP)
+
+
 def _channelwise_types() -> set[type]:
-    """The layers a SmallCNN is built from other than those of ``_FOLD`` (ReLU, its 2x2
-    max-pool, average pooling, flattening, dropout, Sequential): each acts on every channel
-    alone, so they run unchanged on the folded layout."""
+    """The layers the course's SmallCNN and MLP are built from other than those of ``_FOLD``
+    (ReLU, the 2x2 max-pool, average pooling, flattening, dropout, Sequential): each acts on
+    every channel (every feature) alone, so they run unchanged on the folded layout."""
     with torch.random.fork_rng(devices=[]):  # the global random state stays as it was
-        reference = SmallCNN(1, 2, width=1, depth=1)
-    return {type(m) for m in reference.modules()} - set(_FOLD)
+        references = [SmallCNN(1, 2, width=1, depth=1, dropout=0.5), MLP(4, (2,), 2, dropout=0.5)]
+    return {type(m) for r in references for m in r.modules()} - set(_FOLD)
 
 
 def fold(model: nn.Module, S: int) -> nn.Module | None:
     """``model`` rebuilt to run S members side by side in the channel dimension, or ``None``
     when it cannot be (then the population runs ``vmap``).
 
-    The members' activations ``(S, B, C, H, W)`` are laid out as ``(B, S * C, H, W)``: a
-    convolution becomes one convolution with ``S`` times the groups, a BatchNorm one BatchNorm
-    over ``S * C`` channels (its statistics are per channel, so per member), and ReLU, max- and
-    average pooling, dropout and flattening run unchanged, each on its own channels. Nothing
-    moves between the layouts from layer to layer, which is where ``vmap`` spends its time on a
-    CPU for a small CNN. The folded model runs the model's own ``forward`` (its code, with
-    these layers swapped in) and takes the population's stacked tensors by name through
-    ``functional_call``. Only the course's :class:`kdlib.models.SmallCNN` is folded: a model
-    with other code between its layers (a residual sum over a channel-padded shortcut, an
-    attention) would mix the members.
+    The members' activations ``(S, B, C, H, W)`` are laid out as ``(B, S * C, H, W)`` (an
+    MLP's ``(S, B, C)`` as ``(B, S * C)``): a convolution becomes one convolution with ``S``
+    times the groups, a BatchNorm one BatchNorm over ``S * C`` channels (its statistics are
+    per channel, so per member), a linear layer one batched product over the members, and
+    ReLU, max- and average pooling, dropout and flattening run unchanged, each on its own
+    channels. Nothing moves between the layouts from layer to layer, which is where ``vmap``
+    spends its time on a CPU for a small CNN, and no ``vmap`` or ``functional_call``
+    machinery runs, which is most of a small MLP's step. The folded model
+    runs the model's own ``forward`` (its code, with these layers swapped in) and takes the
+    population's stacked tensors by name. Only the course's :class:`kdlib.models.SmallCNN`
+    and :class:`kdlib.models.MLP` are folded: a model with other code between its layers (a
+    residual sum over a channel-padded shortcut, an attention) would mix the members.
     """
-    if type(model) is not SmallCNN:
+    if type(model) not in _FOLDABLE:
         return None
     channelwise = _channelwise_types()
     for m in model.modules():
@@ -439,6 +466,22 @@ def fold(model: nn.Module, S: int) -> nn.Module | None:
 
     swap(folded)
     return folded
+
+
+def _tensor_slots(folded: nn.Module | None) -> list[tuple[nn.Module, str, str]]:
+    """``(layer, attribute, name)`` of every parameter and buffer of a folded model, which are
+    then removed from it: a population sets each attribute to its stacked tensor of that name
+    before a forward pass (what ``functional_call`` does, without its cost per step, a few
+    hundred microseconds for a SmallCNN, the time of its smaller layers)."""
+    if folded is None:
+        return []
+    slots = []
+    for full, module in folded.named_modules():
+        for store in (module._parameters, module._buffers):
+            for attr in list(store):
+                slots.append((module, attr, f"{full}.{attr}" if full else attr))
+                del store[attr]
+    return slots
 
 
 class SeedTable(list):

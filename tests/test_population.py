@@ -359,3 +359,45 @@ def test_distiller_with_seeds_needs_a_model_function(teacher):
         Distiller(mlp, teacher, seeds=())
     with pytest.raises(ValueError, match="augment=.* cannot be combined with seeds="):
         Distiller(mlp, teacher, seeds=[0], augment=lambda x: x)
+
+
+@pytest.mark.parametrize(
+    "model_fn",
+    [lambda: models.MLP(64, (16,), 10), lambda: models.MLP(64, (32, 16), 10)],
+    ids=["MLP-1-hidden", "MLP-2-hidden"],
+)
+@pytest.mark.parametrize("per_member", [False, True], ids=["shared-batch", "per-member-batch"])
+def test_a_folded_mlp_is_the_vmap_computation_bit_for_bit(model_fn, per_member):
+    """The course's MLP runs folded (one batched product per layer over the members) and gives
+    the logits, features and gradients vmap over functional_call gives, to the last bit: the
+    bias gradient is summed per member, as F.linear sums it."""
+    seeds = [0, 3, 7]
+    g = torch.Generator().manual_seed(0)
+    shape = (len(seeds), 32, 1, 8, 8) if per_member else (32, 1, 8, 8)
+    x, y = torch.randn(shape, generator=g), torch.randint(0, 10, (32,), generator=g)
+    results = []
+    for folded in (True, False):
+        pop = Population(model_fn, seeds, device="cpu")
+        assert pop.folded is not None
+        if not folded:
+            pop.folded = None  # the vmap path every other model takes
+        z, feats = pop.forward(x, train=True, per_member=per_member, features=True)
+        loss = F.cross_entropy(z.flatten(0, 1), y.repeat(len(seeds))) + feats["fc1"].square().mean()
+        loss.backward()
+        results.append((z, feats, {k: v.grad for k, v in pop.params.items()}))
+    (za, fa, ga), (zb, fb, gb) = results
+    assert torch.equal(za, zb)
+    assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        assert torch.equal(ga[name], gb[name]), name
+
+
+def test_only_the_course_models_are_folded():
+    assert population_module.fold(models.MLP(64, (16,), 10), 3) is not None
+    assert population_module.fold(models.SmallCNN(1, 10, width=4, depth=2), 3) is not None
+    assert population_module.fold(models.resnet8(10, in_channels=1), 3) is None
+    assert population_module.fold(models.TinyGPT(vocab_size=16, context=8), 3) is None
+    unbiased = models.MLP(64, (16,), 10)
+    unbiased.head = torch.nn.Linear(16, 10, bias=False)
+    assert population_module.fold(unbiased, 3) is None
