@@ -35,6 +35,7 @@ __all__ = [
     "resnet32x4",
     "count_parameters",
     "model_size_bytes",
+    "max_pool2x2",
 ]
 
 
