@@ -397,8 +397,8 @@ class _FoldedLinear(nn.Module):
 class _AddBias(torch.autograd.Function):
     """``out + bias`` for ``out (B, S, K)`` and ``bias (S, K)``, whose backward sums each
     member's bias gradient over its own contiguous ``(B, K)`` block, in the order
-    ``F.linear`` sums it for one model: summed across the folded ``(B, S, K)`` layout, the
-    float rounding differs in the last bit, and a member would drift from its seed alone."""
+    ``F.linear`` sums it for one model (and ``vmap`` for each member): summed across the
+    folded ``(B, S, K)`` layout, the float rounding differs in the last bit."""
 
     @staticmethod
     def forward(ctx, out: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
